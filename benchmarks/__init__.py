@@ -1,0 +1,1 @@
+"""AffectVerse benchmarks: dataset readers, MER-UniBench scoring, evaluation runner and speed scripts."""

@@ -1,0 +1,417 @@
+"""AffectVerse: the Qwen2.5-Omni thinker with an Emotion World Module injecting belief tokens (arXiv 2605.19950).
+
+Remote code: imports only torch, transformers and its sibling files. Shapes: B batch, L tokens, d LLM width.
+The processor marks each belief slot with a ``<|belief|>`` placeholder (``config.belief_token_id``): the first
+group right after the last audio/video block, the second right before the answer (Eq. 8, 20). Placeholders are
+text to ``get_rope_index``, so belief tokens get text positions and audio/video keep theirs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, Qwen2_5OmniThinkerForConditionalGeneration
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.initialization import constant_, normal_
+from transformers.utils import ModelOutput
+
+try:  # remote code: a package in transformers' module cache
+    from .configuration_affectverse import AffectVerseConfig
+    from .ewm_affectverse import BeliefAggregator, EmotionWorldModule, Imagination
+except ImportError:  # a clone or an installed wheel: flat top-level modules
+    from configuration_affectverse import AffectVerseConfig
+    from ewm_affectverse import BeliefAggregator, EmotionWorldModule, Imagination
+
+logger = logging.getLogger(__name__)
+
+# A thinker subclass gets none of transformers' key renames for Qwen2.5-Omni checkpoints (`thinker.` prefix,
+# flat `model.` LLM keys) unless registered under its class name; without them the LLM silently stays random.
+register_checkpoint_conversion_mapping(
+    "AffectVerseForConditionalGeneration",
+    get_checkpoint_conversion_mapping("Qwen2_5OmniThinkerForConditionalGeneration"),
+    overwrite=True,
+)
+
+
+@dataclass
+class AffectVerseOutput(ModelOutput):
+    """Output of [`AffectVerseForConditionalGeneration`].
+
+    Args:
+        loss: total loss L_lm + lambda * L_img (Eq. 10), when ``labels`` are given.
+        lm_loss: cross-entropy on the answer tokens (Eq. 9).
+        imagination_loss: Eq. 21; None at inference or without imagination.
+        logits: `(B, L', vocab)` over the sequence the language model saw (belief tokens included; in training
+            the truncated sequence, see ``labels``).
+        labels: the labels aligned with ``logits`` (training rebuilds them after truncation).
+        imagination_cosine: `(S,)` mean cosine of each rollout step with the future (Table 8), on request.
+        belief_attention: `(B, 2*N_b, 2*S*N_s)` MAMA weights, video memory first (Figure 3), on request.
+    """
+
+    loss: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    imagination_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: object | None = None
+    hidden_states: tuple | None = None
+    labels: torch.LongTensor | None = None
+    imagination_cosine: torch.FloatTensor | None = None
+    belief_attention: torch.FloatTensor | None = None
+
+
+@dataclass
+class _Prepared:
+    """Inputs of the language-model pass (pass 2) after belief injection and truncation."""
+
+    embeds: torch.Tensor  # (B, L', d)
+    attention_mask: torch.Tensor  # (B, L')
+    position_ids: torch.Tensor  # (3, B, L')
+    labels: torch.Tensor | None
+    ewm: object | None
+
+
+def _left_align(values, mask, length):
+    """Gather ``values[b, mask[b]]`` into a left-aligned `(B, length, ...)` tensor (zeros after each row's count)."""
+    rank = mask.long().cumsum(1) - 1  # (B, L)
+    out = values.new_zeros(mask.shape[0], max(length, 1), *values.shape[2:])
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
+    out[rows[mask], rank[mask]] = values[mask]
+    return out
+
+
+class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGeneration):
+    r"""Qwen2.5-Omni thinker + Emotion World Module (section 3, Algorithm 1).
+
+    Training (``model.train()``, ``labels`` given): a no-grad thinker pass over the prompt prefix gives the
+    audio/video hidden states; kappa ~ U[0.7, 1) splits each modality; the EWM imagines the future and builds
+    beliefs; the language model sees only each modality's past plus the beliefs; loss = L_lm + lambda * L_img.
+    Inference: kappa = 1, nothing removed, beliefs injected; ``generate`` reuses the prefix KV cache of the EWM's
+    pass so the prompt is not prefilled twice.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForCausalLM, AutoProcessor
+    >>> model = AutoModelForCausalLM.from_pretrained("path/to/affectverse", trust_remote_code=True)
+    >>> processor = AutoProcessor.from_pretrained("path/to/affectverse", trust_remote_code=True)
+    >>> inputs = processor(video="clip.mp4", audio="video", subtitle="I can't believe it.", return_tensors="pt")
+    >>> answer = processor.batch_decode(model.generate(**inputs, max_new_tokens=32)[:, inputs["input_ids"].shape[1]:])
+    ```
+    """
+
+    config_class = AffectVerseConfig
+    # The forward returns its own mean loss; Trainer must still divide by gradient-accumulation steps.
+    accepts_loss_kwargs = False
+    _keys_to_ignore_on_load_unexpected = [r"^talker", r"^token2wav"]
+
+    def __init__(self, config: AffectVerseConfig):
+        super().__init__(config)
+        self.ewm = EmotionWorldModule(config) if config.belief_construction != "none" else None
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.ewm_initializer_range
+        if isinstance(module, Imagination):
+            normal_(module.future_queries, std=std)
+            normal_(module.step_embeddings, std=std)
+        elif isinstance(module, BeliefAggregator):
+            normal_(module.queries, std=std)
+        elif isinstance(module, EmotionWorldModule):
+            for name in ("tags", "random_beliefs"):
+                if hasattr(module, name):
+                    normal_(getattr(module, name), std=std)
+            if hasattr(module, "residual_scale"):
+                constant_(module.residual_scale, self.config.residual_scale_init)
+
+    # -- inputs ----------------------------------------------------------------------------------------------------
+    def _embed(self, input_ids, input_features=None, feature_attention_mask=None, pixel_values=None,
+               image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None):
+        """Token embeddings with audio/image/video encoder features scattered into their placeholders; (B, L, d)."""
+        embeds = self.get_input_embeddings()(input_ids)
+        media = []
+        if input_features is not None:
+            audio = self.model.get_audio_features(input_features, feature_attention_mask, return_dict=True)
+            media.append((self.config.audio_token_id, audio.last_hidden_state, "audio"))
+        if pixel_values is not None:
+            image = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+            media.append((self.config.image_token_id, torch.cat(image.pooler_output), "image"))
+        if pixel_values_videos is not None:
+            video = self.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+            media.append((self.config.video_token_id, torch.cat(video.pooler_output), "video"))
+        for token_id, features, name in media:
+            mask = input_ids == token_id
+            if int(mask.sum()) != features.shape[0]:
+                raise ValueError(
+                    f"{name} features and {name} placeholder tokens do not match: input_ids hold {int(mask.sum())} "
+                    f"{name} tokens, the encoder produced {features.shape[0]} features"
+                )
+            embeds = embeds.masked_scatter(mask[..., None], features.to(embeds.dtype))
+        return embeds
+
+    def _positions(self, input_ids, attention_mask, image_grid_thw, video_grid_thw, feature_attention_mask,
+                   use_audio_in_video, video_second_per_grid):
+        """TMRoPE positions `(3, B, L)` and deltas `(B, 1)` of the full augmented ids (beliefs count as text)."""
+        if video_grid_thw is not None and video_second_per_grid is None:
+            video_second_per_grid = torch.ones(video_grid_thw.shape[0], device=input_ids.device)
+        audio_seqlens = feature_attention_mask.sum(-1) if feature_attention_mask is not None else None
+        return self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, attention_mask,
+                                   bool(use_audio_in_video), audio_seqlens, video_second_per_grid)
+
+    def _check_beliefs(self, input_ids, n_modalities):
+        """Each row must carry exactly the placeholders its modalities call for; (B,) expected counts."""
+        expected = torch.tensor([self.config.num_belief_tokens(int(n)) for n in n_modalities],
+                                device=input_ids.device)
+        found = (input_ids == self.config.belief_token_id).sum(1)
+        bad = (found != expected).nonzero().flatten().tolist()
+        if bad:
+            b = bad[0]
+            raise ValueError(
+                f"sample {b}: input_ids hold {int(found[b])} <|belief|> placeholder tokens (id "
+                f"{self.config.belief_token_id}) but its {int(n_modalities[b])} audio/video modalities with "
+                f"belief_construction={self.config.belief_construction!r} need {int(expected[b])}; build inputs "
+                "with AffectVerseProcessor from this model's config"
+            )
+        return expected
+
+    def _prefix_end(self, input_ids):
+        """Index just after each row's last audio/video token, (B,); 0 for text-only rows."""
+        av = (input_ids == self.config.video_token_id) | (input_ids == self.config.audio_token_id)
+        idx = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
+        return (av * idx).amax(1)
+
+    def _observe(self, embeds, attention_mask, position_ids, prefix_len, use_cache=False):
+        """Pass 1: the thinker over the prompt prefix; the hidden layer the EWM reads and the cache."""
+        layer = self.config.ewm_hidden_layer
+        out = self.model.language_model(
+            inputs_embeds=embeds[:, :prefix_len], attention_mask=attention_mask[:, :prefix_len],
+            position_ids=position_ids[:, :, :prefix_len], use_cache=use_cache,
+            output_hidden_states=layer != -1, return_dict=True,
+        )
+        hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+        return hidden, out.cache
+
+    # -- the EWM pass ----------------------------------------------------------------------------------------------
+    def _prepare(self, input_ids, attention_mask, labels, media, need_weights=False, reuse_cache=False):
+        """Embed, run the EWM and inject beliefs (Algorithm 1 steps 2-13). Returns (_Prepared, pass-1 cache)."""
+        cfg = self.config
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        embeds = self._embed(input_ids, **{k: media.get(k) for k in (
+            "input_features", "feature_attention_mask", "pixel_values", "image_grid_thw",
+            "pixel_values_videos", "video_grid_thw")})
+        position_ids, _ = self._positions(input_ids, attention_mask, media.get("image_grid_thw"),
+                                          media.get("video_grid_thw"), media.get("feature_attention_mask"),
+                                          media.get("use_audio_in_video"), media.get("video_second_per_grid"))
+        is_video, is_audio = input_ids == cfg.video_token_id, input_ids == cfg.audio_token_id
+        video_len, audio_len = is_video.sum(1), is_audio.sum(1)  # (B,)
+        has_video, has_audio = video_len > 0, audio_len > 0
+        n_in = self._check_beliefs(input_ids, has_video.long() + has_audio.long())
+        training = self.training and labels is not None
+
+        # Temporal split (Eq. 11-12): kappa per training step; nothing is cut at inference.
+        video_past, audio_past = video_len.clone(), audio_len.clone()
+        if training and cfg.temporal_split:
+            kappa = cfg.keep_ratio_min + (cfg.keep_ratio_max - cfg.keep_ratio_min) * torch.rand(()).item()
+            video_past = torch.floor(kappa * video_len.double()).long()
+            audio_past = torch.floor(kappa * audio_len.double()).long()
+            # A span too short to split (floor(kappa * L) = 0) stays whole and the EWM does not read it.
+            too_short = (has_video & (video_past == 0)) | (has_audio & (audio_past == 0))
+            if too_short.any():
+                logger.warning("%d sample(s) have an audio/video span too short to split at kappa=%.2f; their "
+                               "EWM skips that modality and the LLM sees it whole", int(too_short.sum()), kappa)
+            video_past = torch.where(has_video & (video_past == 0), video_len, video_past)
+            audio_past = torch.where(has_audio & (audio_past == 0), audio_len, audio_past)
+        use_video = has_video & (video_past < video_len) if training and cfg.temporal_split else has_video.clone()
+        use_audio = has_audio & (audio_past < audio_len) if training and cfg.temporal_split else has_audio.clone()
+        if training and cfg.modality_dropout > 0:  # drop one whole modality for the EWM with p (D.1)
+            both = use_video & use_audio
+            drop = both & (torch.rand(both.shape, device=both.device) < cfg.modality_dropout)
+            drop_video = drop & (torch.rand(both.shape, device=both.device) < 0.5)
+            use_video, use_audio = use_video & ~drop_video, use_audio & ~(drop & ~drop_video)
+
+        ewm_out, cache = None, None
+        if self.ewm is not None:
+            prefix = int(self._prefix_end(input_ids).max())
+            video = audio = embeds.new_zeros(embeds.shape[0], 1, embeds.shape[-1])  # "random" reads nothing
+            if cfg.uses_ewm and prefix > 0:
+                with torch.no_grad():  # targets and inputs of the EWM are detached (Algorithm 1, step 2)
+                    hidden, cache = self._observe(embeds, attention_mask, position_ids, prefix, reuse_cache)
+                video = _left_align(hidden, is_video[:, :prefix], int(video_len.max()))
+                audio = _left_align(hidden, is_audio[:, :prefix], int(audio_len.max()))
+            ewm_out = self.ewm(video, video_len, video_past, audio, audio_len, audio_past, use_video, use_audio,
+                               need_weights=need_weights)
+
+        # Which tokens the language model keeps: each modality's past, the beliefs the EWM filled, no padding.
+        keep = attention_mask.bool()
+        rank_v, rank_a = is_video.long().cumsum(1) - 1, is_audio.long().cumsum(1) - 1
+        keep &= ~(is_video & (rank_v >= video_past[:, None])) & ~(is_audio & (rank_a >= audio_past[:, None]))
+        if ewm_out is not None:
+            keep, embeds = self._inject(input_ids, embeds, keep, n_in, has_video, has_audio, use_video, use_audio,
+                                        ewm_out)
+        if bool((keep == attention_mask.bool()).all()):
+            return _Prepared(embeds, attention_mask, position_ids, labels, ewm_out), cache
+        return self._compact(embeds, keep, position_ids, labels, ewm_out), cache
+
+    def _inject(self, input_ids, embeds, keep, n_in, has_video, has_audio, use_video, use_audio, ewm_out):
+        """Scatter beliefs into their placeholders (Eq. 8, 20); after modality dropout a row keeps the first
+        tokens of each group and drops the rest."""
+        cfg = self.config
+        is_belief = input_ids == cfg.belief_token_id
+        rank = is_belief.long().cumsum(1) - 1  # (B, L) index among the row's placeholders
+        first_in = torch.tensor([cfg.belief_split(int(n))[0] for n in has_video.long() + has_audio.long()],
+                                device=input_ids.device)[:, None]
+        n_used = use_video.long() + use_audio.long()
+        split = [cfg.belief_split(int(n)) for n in n_used]
+        first_out = torch.tensor([s[0] for s in split], device=input_ids.device)[:, None]
+        second_out = torch.tensor([s[1] for s in split], device=input_ids.device)[:, None]
+        in_first = rank < first_in
+        slot = torch.where(in_first, rank, first_out + rank - first_in)  # index into this row's beliefs
+        used = torch.where(in_first, rank < first_out, rank - first_in < second_out) & is_belief
+        keep = keep & (~is_belief | used)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+        values = ewm_out.beliefs[rows[used], slot[used]].to(embeds.dtype)  # (n_used_total, d)
+        embeds = embeds.masked_scatter(used[..., None], values) if values.numel() else embeds
+        return keep, embeds
+
+    @staticmethod
+    def _compact(embeds, keep, position_ids, labels, ewm_out):
+        """Remove dropped tokens (D.4), right-pad the shortened rows, rebuild mask, labels and positions."""
+        length = int(keep.sum(1).max())
+        attention_mask = (torch.arange(length, device=keep.device)[None] < keep.sum(1)[:, None]).long()
+        embeds = _left_align(embeds, keep, length)
+        positions = torch.stack([_left_align(p, keep, length) for p in position_ids])
+        positions = torch.where(attention_mask.bool()[None], positions, torch.ones_like(positions))
+        if labels is not None:
+            labels = _left_align(labels + 100, keep, length) - 100  # padding becomes -100
+        return _Prepared(embeds, attention_mask, positions, labels, ewm_out)
+
+    # -- forward ---------------------------------------------------------------------------------------------------
+    def _language_model(self, embeds, attention_mask, position_ids, cache, use_cache, logits_to_keep, labels,
+                        **kwargs):
+        out = self.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                        position_ids=position_ids, cache=cache, use_cache=use_cache,
+                                        return_dict=True, **kwargs)
+        hidden = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
+        logits = self.lm_head(hidden[:, keep])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        return out, logits, loss
+
+    def forward(self, input_ids=None, input_features=None, pixel_values=None, pixel_values_videos=None,
+                image_grid_thw=None, video_grid_thw=None, attention_mask=None, feature_attention_mask=None,
+                audio_feature_lengths=None, position_ids=None, cache=None, inputs_embeds=None, labels=None,
+                use_cache=None, use_audio_in_video=None, video_second_per_grid=None, logits_to_keep=0,
+                output_imagination=False, output_belief_attention=False, past_key_values=None, return_dict=None,
+                **kwargs):
+        r"""Two-pass forward (Algorithm 1).
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(B, L)`): ids from [`AffectVerseProcessor`], with audio/video
+                and `<|belief|>` placeholders.
+            attention_mask (`torch.LongTensor` of shape `(B, L)`), labels (`(B, L)`, -100 outside the answer).
+            input_features, feature_attention_mask, pixel_values_videos, video_grid_thw, video_second_per_grid,
+            use_audio_in_video: the stock Qwen2.5-Omni media inputs.
+            inputs_embeds / cache: given by `generate` after belief injection; the forward then runs the
+                language model alone with the given `position_ids`.
+            logits_to_keep (`int`): compute logits for the last positions only (0: all).
+            output_imagination (`bool`): return the per-step imagination cosine (Table 8) in training mode.
+            output_belief_attention (`bool`): return the MAMA attention weights (Figure 3).
+        """
+        cache = cache if cache is not None else past_key_values
+        if inputs_embeds is not None or (cache is not None and cache.get_seq_length() > 0):
+            if inputs_embeds is None:
+                inputs_embeds = self.get_input_embeddings()(input_ids)
+            out, logits, loss = self._language_model(inputs_embeds, attention_mask, position_ids, cache, use_cache,
+                                                     logits_to_keep, labels, **kwargs)
+            return AffectVerseOutput(loss=loss, lm_loss=loss, logits=logits, cache=out.cache, labels=labels)
+
+        media = dict(input_features=input_features, feature_attention_mask=feature_attention_mask,
+                     pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                     pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
+                     use_audio_in_video=use_audio_in_video, video_second_per_grid=video_second_per_grid)
+        prepared, _ = self._prepare(input_ids, attention_mask, labels, media, need_weights=output_belief_attention)
+        out, logits, lm_loss = self._language_model(prepared.embeds, prepared.attention_mask, prepared.position_ids,
+                                                    None, use_cache, logits_to_keep, prepared.labels, **kwargs)
+        ewm = prepared.ewm
+        img_loss = ewm.imagination_loss if ewm is not None else None
+        loss = lm_loss
+        if lm_loss is not None and img_loss is not None:
+            loss = lm_loss + self.config.imagination_loss_weight * img_loss  # Eq. 10
+        return AffectVerseOutput(
+            loss=loss, lm_loss=lm_loss, imagination_loss=img_loss, logits=logits, cache=out.cache,
+            labels=prepared.labels,
+            imagination_cosine=ewm.imagination_cosine if ewm is not None and output_imagination else None,
+            belief_attention=ewm.attention if ewm is not None and output_belief_attention else None,
+        )
+
+    # -- generation ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _mid_pad(input_ids, attention_mask, prefix_end, pad_id):
+        """Re-lay each row as [pads, prefix | pads, suffix] so every prefix ends at one column P (notes:
+        "mid-padding"); returns ids, mask and P. Media placeholders keep their order, so media tensors stay valid."""
+        rows = []
+        for ids, mask, p_end in zip(input_ids, attention_mask.bool(), prefix_end):
+            real = ids[mask]
+            start = int(mask.long().argmax()) if mask.any() else 0  # first real token (left padding)
+            p = max(int(p_end) - start, 0)
+            rows.append((real[:p], real[p:]))
+        p_max = max(len(r[0]) for r in rows)
+        s_max = max(len(r[1]) for r in rows)
+        new_ids = input_ids.new_full((len(rows), p_max + s_max), pad_id)
+        new_mask = torch.zeros_like(new_ids)
+        for b, (prefix, suffix) in enumerate(rows):
+            new_ids[b, p_max - len(prefix):p_max], new_mask[b, p_max - len(prefix):p_max] = prefix, 1
+            new_ids[b, p_max + s_max - len(suffix):], new_mask[b, p_max + s_max - len(suffix):] = suffix, 1
+        return new_ids, new_mask, p_max
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        """`generate` with belief injection: one prefix pass feeds the EWM and its KV cache is reused.
+
+        Accepts the processor's outputs (left padding). Returns ids laid out like the input followed by the new
+        tokens, as the stock `generate` does. ``use_cache=False`` recomputes everything at every step (slow; the
+        reference for tests).
+        """
+        media_keys = ("input_features", "feature_attention_mask", "pixel_values", "image_grid_thw",
+                      "pixel_values_videos", "video_grid_thw", "use_audio_in_video", "video_second_per_grid")
+        media = {k: kwargs.pop(k, None) for k in media_keys}
+        kwargs.pop("audio_feature_lengths", None)
+        if input_ids is None or kwargs.get("use_cache") is False or kwargs.get("inputs_embeds") is not None:
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask,
+                                    **{k: v for k, v in media.items() if v is not None}, **kwargs)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        pad_id = self.generation_config.pad_token_id
+        pad_id = pad_id if pad_id is not None else self.config.text_config.pad_token_id or 0
+        ids, mask, p_max = self._mid_pad(input_ids, attention_mask, self._prefix_end(input_ids), pad_id)
+        reuse = self.ewm is not None and self.config.uses_ewm and p_max > 0
+        prepared, cache = self._prepare(ids, mask, None, media, reuse_cache=reuse)
+        if not reuse:  # no prefix pass to reuse: prefill everything in the first step
+            cache = None
+        sequences = GenerationMixin.generate(
+            self, input_ids=ids, attention_mask=mask, inputs_embeds=prepared.embeds,
+            position_ids=prepared.position_ids, cache=cache, **kwargs)
+        tokens = sequences.sequences if hasattr(sequences, "sequences") else sequences
+        tokens = torch.cat([input_ids, tokens[:, ids.shape[1]:]], dim=1)
+        if hasattr(sequences, "sequences"):
+            sequences.sequences = tokens
+            return sequences
+        return tokens
+
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save safetensors, the code files and an ``auto_map`` naming both AutoModelForCausalLM and AutoModel."""
+        name = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": name}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+AffectVerseForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = ["AffectVerseForConditionalGeneration", "AffectVerseOutput"]
