@@ -382,6 +382,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                       "pixel_values_videos", "video_grid_thw", "use_audio_in_video", "video_second_per_grid")
         media = {k: kwargs.pop(k, None) for k in media_keys}
         kwargs.pop("audio_feature_lengths", None)
+        reuse_prefix = kwargs.pop("reuse_prefix_cache", True)  # False: the naive two-pass design (benchmarks)
         if input_ids is None or kwargs.get("use_cache") is False or kwargs.get("inputs_embeds") is not None:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask,
                                     **{k: v for k, v in media.items() if v is not None}, **kwargs)
@@ -390,7 +391,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         pad_id = self.generation_config.pad_token_id
         pad_id = pad_id if pad_id is not None else self.config.text_config.pad_token_id or 0
         ids, mask, p_max = self._mid_pad(input_ids, attention_mask, self._prefix_end(input_ids), pad_id)
-        reuse = self.ewm is not None and self.config.uses_ewm and p_max > 0
+        reuse = reuse_prefix and self.ewm is not None and self.config.uses_ewm and p_max > 0
         prepared, cache = self._prepare(ids, mask, None, media, reuse_cache=reuse)
         if not reuse:  # no prefix pass to reuse: prefill everything in the first step
             cache = None

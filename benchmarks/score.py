@@ -1,0 +1,341 @@
+"""Score MER-UniBench predictions: ``python -m benchmarks.score --benchmark NAME --labels FILE --predictions FILE``.
+
+Prints JSON: the official main score (x100, two decimals), Acc-2 / precision / recall where they apply,
+the number of scored samples, and for emotion-set benchmarks the closed-set alternative
+(``closed_set_weighted_f1``, ``closed_set_accuracy``), named apart from the official HIT.
+
+Predictions are either our JSONL (one object per line: ``name`` and ``labels`` (list) or ``answer`` (free
+text, labels then extracted by rule); optional ``sentiment``) or AffectGPT's ``-openset.npz`` /
+``-openset-sentiment.npz`` / raw ``checkpoint_*.npz`` (``name2reason``). Give ``--predictions`` several
+times, or a folder, to score checkpoints side by side; the best one is then picked by the oracle rule of
+AffectGPT's table (highest main score).
+
+Example:
+    python -m benchmarks.score --benchmark mer2023 \\
+        --labels shared/merunibench/labels/mer2023-dataset-process/label-6way.npz \\
+        --predictions shared/merunibench/affectgpt_outputs/results-mer2023 \\
+        --emotion-wheel shared/merunibench/emotion_wheel
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.safe_npz import load_npz
+from benchmarks.scoring import (
+    closed_set_scores,
+    extract_labels,
+    hit_score,
+    ovmerd_scores,
+    sentiment_from_labels,
+    sentiment_scores,
+)
+from benchmarks.wheel import EmotionWheelError, load_wheel, parse_label_list
+
+logger = logging.getLogger(__name__)
+
+SELECTION_RULE = "oracle best main score, as AffectGPT's table does (first checkpoint in name order on ties)"
+MER_LABELS = ("neutral", "angry", "happy", "sad", "worried", "surprise")
+MELD_LABELS = ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")
+IEMOCAP_LABELS = ("happy", "sad", "neutral", "anger")
+MAIN_METRICS = {
+    "hit": "HIT (mean over the 5 emotion wheels)",
+    "sentiment": "non-zero weighted F1 (WAF)",
+    "ovmerd": "emotion-wheel level-1 set F-score (mean over the 5 wheels)",
+}
+
+
+def _iemocap_session5(name: str) -> bool:
+    return len(name) > 4 and name[4] == "5"  # Ses05F_script03_1_F033
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Where a benchmark's ground truth lives and how it is scored."""
+
+    kind: str  # "hit" | "sentiment" | "ovmerd"
+    label_file: str  # default file name inside the dataset folder
+    key: str | None = None  # npz key of the test split
+    label_set: tuple[str, ...] | None = None  # closed label set; integer `emo` indexes it
+    keep: Callable[[str], bool] | None = None  # sample filter on names
+
+
+BENCHMARKS = {
+    "mer2023": Benchmark("hit", "label-6way.npz", "test1_corpus", MER_LABELS),
+    "mer2024": Benchmark("hit", "label-6way.npz", "test1_corpus", MER_LABELS),
+    "meld": Benchmark("hit", "label.npz", "test_corpus", MELD_LABELS),
+    "iemocap": Benchmark("hit", "label_4way.npz", "whole_corpus", IEMOCAP_LABELS, _iemocap_session5),
+    "mosi": Benchmark("sentiment", "label.npz", "test_corpus"),
+    "mosei": Benchmark("sentiment", "label.npz", "test_corpus"),
+    "sims": Benchmark("sentiment", "label.npz", "test_corpus"),
+    "simsv2": Benchmark("sentiment", "label.npz", "test_corpus"),
+    "ovmerdplus": Benchmark("ovmerd", "ovlabel.csv"),
+}
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def _label_of(emo, bench: Benchmark, name: str, path: Path) -> str:
+    if isinstance(emo, str):
+        return emo.lower().strip()
+    if isinstance(emo, (int, np.integer)) and 0 <= emo < len(bench.label_set):
+        return bench.label_set[int(emo)]
+    raise ValueError(f"{path}: sample {name} has emo={emo!r}, not a label or an index into {list(bench.label_set)}")
+
+
+def _read_ov_labels(path: Path) -> dict[str, list[str]]:
+    frame = pd.read_csv(path)
+    missing = {"name", "openset"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; found {list(frame.columns)}")
+    return {str(name): parse_label_list(openset) for name, openset in zip(frame["name"], frame["openset"])}
+
+
+def read_labels(benchmark: str, path: str | Path) -> dict[str, object]:
+    """Ground truth ``{name: label}`` (hit), ``{name: valence}`` (sentiment) or ``{name: [labels]}`` (ovmerd).
+
+    ``path`` is the label file or the dataset folder holding it under its usual name.
+    """
+    bench = BENCHMARKS[benchmark]
+    path = Path(path)
+    path = path / bench.label_file if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: label file not found (expected {bench.label_file} for {benchmark})")
+    if bench.kind == "ovmerd":
+        labels = _read_ov_labels(path)
+    else:
+        data = load_npz(path)
+        if bench.key not in data:
+            raise ValueError(f"{path}: no key {bench.key!r} for {benchmark}; keys are {sorted(data)}")
+        corpus = data[bench.key]
+        if not isinstance(corpus, dict):
+            raise ValueError(f"{path}: key {bench.key!r} holds {type(corpus).__name__}, expected a dict of samples")
+        field = "val" if bench.kind == "sentiment" else "emo"
+        labels = {}
+        for name, entry in corpus.items():
+            if bench.keep is not None and not bench.keep(name):
+                continue
+            if not isinstance(entry, dict) or field not in entry:
+                raise ValueError(f"{path}: sample {name} has no {field!r} field")
+            value = entry[field]
+            labels[name] = float(value) if field == "val" else _label_of(value, bench, name, path)
+    if not labels:
+        raise ValueError(f"{path}: no ground-truth samples for {benchmark}")
+    return labels
+
+
+# ------------------------------------------------------------------------------------------- predictions
+@dataclass
+class Predictions:
+    """One checkpoint's predictions; either field may be missing."""
+
+    source: Path
+    labels: dict[str, list[str]] | None = None
+    sentiments: dict[str, str] | None = None
+
+
+def _read_jsonl(path: Path) -> Predictions:
+    labels, sentiments = {}, {}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{line_no}: not JSON ({err.msg})") from err
+        if not isinstance(row, dict) or "name" not in row:
+            raise ValueError(f"{path}:{line_no}: each line needs an object with a 'name'")
+        name = str(row["name"])
+        if "labels" in row:
+            labels[name] = [label.lower() for label in parse_label_list(row["labels"])]
+        elif "answer" in row:
+            labels[name] = extract_labels(row["answer"])
+        if "sentiment" in row:
+            sentiments[name] = str(row["sentiment"]).lower().strip()
+        if "labels" not in row and "answer" not in row and "sentiment" not in row:
+            raise ValueError(f"{path}:{line_no}: sample {name} has neither 'labels', 'answer' nor 'sentiment'")
+    return Predictions(path, labels or None, sentiments or None)
+
+
+def _read_affectgpt_npz(path: Path) -> Predictions:
+    data = load_npz(path)
+    if "name2reason" in data:  # raw answers: rule-based extraction
+        reasons = data["name2reason"]
+        return Predictions(path, labels={str(n): extract_labels(r) for n, r in reasons.items()})
+    if not {"filenames", "fileitems"} <= set(data):
+        raise ValueError(
+            f"{path}: expected arrays 'filenames' and 'fileitems' (or 'name2reason'); found {sorted(data)}"
+        )
+    names, items = [str(n) for n in data["filenames"]], [str(i) for i in data["fileitems"]]
+    if len(names) != len(items):
+        raise ValueError(f"{path}: {len(names)} filenames but {len(items)} fileitems")
+    if path.name.endswith("-openset-sentiment.npz"):
+        return Predictions(path, sentiments={n: i.lower().strip() for n, i in zip(names, items)})
+    return Predictions(path, labels={n: [x.lower() for x in parse_label_list(i)] for n, i in zip(names, items)})
+
+
+def read_predictions(path: str | Path) -> Predictions:
+    """Predictions from a ``.jsonl`` file or an AffectGPT ``.npz`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: predictions file not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: predictions file is empty")
+    preds = _read_jsonl(path) if path.suffix == ".jsonl" else _read_affectgpt_npz(path)
+    if not (preds.labels or preds.sentiments):
+        raise ValueError(f"{path}: no predictions in the file")
+    return preds
+
+
+_NPZ_SUFFIXES = ("-openset-sentiment.npz", "-openset.npz", ".npz")
+
+
+def _checkpoint_stem(name: str) -> tuple[str, int]:
+    """``checkpoint_30-openset.npz`` -> ("checkpoint_30", 1): its stem and the rank of its suffix."""
+    for rank, suffix in enumerate(_NPZ_SUFFIXES):
+        if name.endswith(suffix):
+            return name[: -len(suffix)], rank
+    raise ValueError(name)
+
+
+def expand_predictions(paths: Sequence[str | Path], kind: str) -> list[Path]:
+    """Files to score: files as given; a folder gives its ``.jsonl`` files and one ``.npz`` per checkpoint.
+
+    Per checkpoint stem, the preferred npz is ``-openset-sentiment`` (sentiment benchmarks only), then
+    ``-openset``, then the raw ``name2reason`` file.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        chosen: dict[str, tuple[int, Path]] = {}
+        for npz in sorted(path.glob("*.npz")):
+            stem, rank = _checkpoint_stem(npz.name)
+            if kind != "sentiment" and rank == 0:
+                continue
+            if stem not in chosen or rank < chosen[stem][0]:
+                chosen[stem] = (rank, npz)
+        found = sorted(path.glob("*.jsonl")) + sorted((npz for _, npz in chosen.values()), key=lambda p: p.name)
+        if not found:
+            raise ValueError(f"{path}: no .jsonl or .npz predictions in the folder")
+        files.extend(found)
+    return files
+
+
+def _aligned(gt: dict, pred: dict, source: Path, what: str) -> list:
+    """Predictions in ground-truth order; unknown or missing names are errors."""
+    unknown = sorted(set(pred) - set(gt))
+    if unknown:
+        raise ValueError(f"{source}: {len(unknown)} {what} for names not in the labels, e.g. {unknown[:5]}")
+    missing = sorted(set(gt) - set(pred))
+    if missing:
+        raise ValueError(f"{source}: no {what} for {len(missing)} of {len(gt)} labelled samples, e.g. {missing[:5]}")
+    return [pred[name] for name in gt]
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def _pct(value: float) -> float:
+    return round(float(value) * 100, 2)
+
+
+def _score_hit(bench: Benchmark, gt: dict, preds: Predictions, wheel) -> dict:
+    if preds.labels is None:
+        raise ValueError(f"{preds.source}: holds no label lists, which {MAIN_METRICS['hit']} needs")
+    pred = _aligned(gt, preds.labels, preds.source, "label lists")
+    hit = hit_score(list(gt.values()), pred, wheel)
+    closed = closed_set_scores(list(gt.values()), pred, bench.label_set)
+    return {
+        "main_score": _pct(hit["hit"]),
+        "per_wheel": [_pct(v) for v in hit["per_wheel"]],
+        "n_scored": hit["n_scored"],
+        "closed_set_weighted_f1": _pct(closed["weighted_f1"]),
+        "closed_set_accuracy": _pct(closed["accuracy"]),
+        "closed_set_n_unmapped": closed["n_unmapped"],
+    }
+
+
+def _score_sentiment(bench: Benchmark, gt: dict, preds: Predictions, wheel) -> dict:
+    if preds.sentiments is not None:
+        pred, source = _aligned(gt, preds.sentiments, preds.source, "sentiments"), "file"
+    elif preds.labels is not None:
+        labels = _aligned(gt, preds.labels, preds.source, "label lists")
+        pred, source = [sentiment_from_labels(x) for x in labels], "rule-based from labels"
+        logger.warning("%s: no sentiments given; derived them from the labels by word lists", preds.source)
+    else:
+        raise ValueError(f"{preds.source}: holds neither sentiments nor labels")
+    scores = sentiment_scores(list(gt.values()), pred)
+    return {
+        "main_score": _pct(scores["weighted_f1"]),
+        "acc2": _pct(scores["acc2"]),
+        "n_scored": scores["n_scored"],
+        "sentiment_source": source,
+    }
+
+
+def _score_ovmerd(bench: Benchmark, gt: dict, preds: Predictions, wheel) -> dict:
+    if preds.labels is None:
+        raise ValueError(f"{preds.source}: holds no label lists, which {MAIN_METRICS['ovmerd']} needs")
+    scores = ovmerd_scores(list(gt.values()), _aligned(gt, preds.labels, preds.source, "label lists"), wheel)
+    return {
+        "main_score": _pct(scores["f1"]),
+        "precision": _pct(scores["precision"]),
+        "recall": _pct(scores["recall"]),
+        "n_scored": scores["n_scored"],
+    }
+
+
+_SCORERS = {"hit": _score_hit, "sentiment": _score_sentiment, "ovmerd": _score_ovmerd}
+
+
+def score(benchmark: str, labels: str | Path, predictions: Sequence[str | Path], emotion_wheel=None) -> dict:
+    """Score one or more prediction files; the JSON-ready report of the CLI."""
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose from {sorted(BENCHMARKS)}")
+    bench = BENCHMARKS[benchmark]
+    wheel = None
+    if bench.kind != "sentiment":
+        if emotion_wheel is None:
+            raise ValueError(f"{benchmark} needs --emotion-wheel (the folder of format.csv, synonym.xlsx, wheel1..5.xlsx)")
+        wheel = load_wheel(emotion_wheel)
+    gt = read_labels(benchmark, labels)
+    files = expand_predictions(predictions, bench.kind)
+    results = [
+        {"predictions": str(f), **_SCORERS[bench.kind](bench, gt, read_predictions(f), wheel)} for f in files
+    ]
+    report = {"benchmark": benchmark, "main_metric": MAIN_METRICS[bench.kind], "n_labels": len(gt)}
+    if len(results) == 1:
+        return {**report, **results[0]}
+    best = int(np.argmax([r["main_score"] for r in results]))
+    return {**report, "checkpoints": results, "best": results[best], "selection_rule": SELECTION_RULE}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.score", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    parser.add_argument("--labels", required=True, help="label file (or the dataset folder holding it)")
+    parser.add_argument(
+        "--predictions", required=True, action="append", help="a .jsonl / .npz file or a folder; repeatable"
+    )
+    parser.add_argument("--emotion-wheel", help="emotion_wheel folder (needed except for sentiment benchmarks)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = score(args.benchmark, args.labels, args.predictions, args.emotion_wheel)
+    except (ValueError, FileNotFoundError, EmotionWheelError) as err:
+        parser.exit(2, f"error: {err}\n")
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
