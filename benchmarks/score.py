@@ -23,13 +23,14 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmarks import data
 from benchmarks.safe_npz import load_npz
 from benchmarks.scoring import (
     closed_set_scores,
@@ -45,53 +46,37 @@ logger = logging.getLogger(__name__)
 
 SELECTION_RULE = "oracle best main score, as AffectGPT's table does (first checkpoint in name order on ties)"
 MER_LABELS = ("neutral", "angry", "happy", "sad", "worried", "surprise")
-MELD_LABELS = ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")
-IEMOCAP_LABELS = ("happy", "sad", "neutral", "anger")
 MAIN_METRICS = {
     "hit": "HIT (mean over the 5 emotion wheels)",
     "sentiment": "non-zero weighted F1 (WAF)",
     "ovmerd": "emotion-wheel level-1 set F-score (mean over the 5 wheels)",
 }
-
-
-def _iemocap_session5(name: str) -> bool:
-    return len(name) > 4 and name[4] == "5"  # Ses05F_script03_1_F033
+KINDS = {"emotion": "hit", "sentiment": "sentiment", "openset": "ovmerd"}  # data.py task -> scorer
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """Where a benchmark's ground truth lives and how it is scored."""
+    """How a benchmark is scored; where its labels live is ``benchmarks.data.BENCHMARKS[name]``."""
 
     kind: str  # "hit" | "sentiment" | "ovmerd"
     label_file: str  # default file name inside the dataset folder
-    key: str | None = None  # npz key of the test split
-    label_set: tuple[str, ...] | None = None  # closed label set; integer `emo` indexes it
-    keep: Callable[[str], bool] | None = None  # sample filter on names
+    label_set: tuple[str, ...] | None = None  # closed label set of the emotion benchmarks
+
+
+def _label_set(spec: data.BenchmarkSpec) -> tuple[str, ...] | None:
+    if spec.task != "emotion":
+        return None
+    return spec.classes or MER_LABELS  # MER2023/MER2024 store the words themselves
 
 
 BENCHMARKS = {
-    "mer2023": Benchmark("hit", "label-6way.npz", "test1_corpus", MER_LABELS),
-    "mer2024": Benchmark("hit", "label-6way.npz", "test1_corpus", MER_LABELS),
-    "meld": Benchmark("hit", "label.npz", "test_corpus", MELD_LABELS),
-    "iemocap": Benchmark("hit", "label_4way.npz", "whole_corpus", IEMOCAP_LABELS, _iemocap_session5),
-    "mosi": Benchmark("sentiment", "label.npz", "test_corpus"),
-    "mosei": Benchmark("sentiment", "label.npz", "test_corpus"),
-    "sims": Benchmark("sentiment", "label.npz", "test_corpus"),
-    "simsv2": Benchmark("sentiment", "label.npz", "test_corpus"),
-    "ovmerdplus": Benchmark("ovmerd", "ovlabel.csv"),
+    name: Benchmark(KINDS[spec.task], spec.label_file, _label_set(spec)) for name, spec in data.BENCHMARKS.items()
 }
 
 
 # ------------------------------------------------------------------------------------------------ labels
-def _label_of(emo, bench: Benchmark, name: str, path: Path) -> str:
-    if isinstance(emo, str):
-        return emo.lower().strip()
-    if isinstance(emo, (int, np.integer)) and 0 <= emo < len(bench.label_set):
-        return bench.label_set[int(emo)]
-    raise ValueError(f"{path}: sample {name} has emo={emo!r}, not a label or an index into {list(bench.label_set)}")
-
-
 def _read_ov_labels(path: Path) -> dict[str, list[str]]:
+    """OV-MERD+ sets as written (an empty set stays ``[]``; ``data.py``'s reader turns it into ``["neutral"]``)."""
     frame = pd.read_csv(path)
     missing = {"name", "openset"} - set(frame.columns)
     if missing:
@@ -99,34 +84,31 @@ def _read_ov_labels(path: Path) -> dict[str, list[str]]:
     return {str(name): parse_label_list(openset) for name, openset in zip(frame["name"], frame["openset"])}
 
 
+def _read_npz_labels(benchmark: str, path: Path) -> dict[str, object]:
+    """The test split of a label npz through ``benchmarks.data``'s reader, with its errors as ValueError."""
+    try:
+        labels = data._npz_labels(path, data.BENCHMARKS[benchmark], "test")
+    except KeyError as err:  # data.py names a missing split key itself; a missing field is a bare key
+        message = str(err.args[0]) if err.args else ""
+        raise ValueError(message if message.startswith(str(path)) else f"{path}: a sample has no {message!r} field") \
+            from None
+    except (TypeError, ValueError, IndexError, AttributeError) as err:
+        raise ValueError(f"{path}: malformed {benchmark} label file ({type(err).__name__}: {err})") from None
+    return {name: value if isinstance(value, float) else value.lower().strip() for name, value in labels.items()}
+
+
 def read_labels(benchmark: str, path: str | Path) -> dict[str, object]:
     """Ground truth ``{name: label}`` (hit), ``{name: valence}`` (sentiment) or ``{name: [labels]}`` (ovmerd).
 
-    ``path`` is the label file or the dataset folder holding it under its usual name.
+    ``path`` is the label file or the dataset folder holding it under its usual name. The npz files are read
+    by :mod:`benchmarks.data` (the test split, IEMOCAP Session 5, integer classes as words).
     """
     bench = BENCHMARKS[benchmark]
     path = Path(path)
     path = path / bench.label_file if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: label file not found (expected {bench.label_file} for {benchmark})")
-    if bench.kind == "ovmerd":
-        labels = _read_ov_labels(path)
-    else:
-        data = load_npz(path)
-        if bench.key not in data:
-            raise ValueError(f"{path}: no key {bench.key!r} for {benchmark}; keys are {sorted(data)}")
-        corpus = data[bench.key]
-        if not isinstance(corpus, dict):
-            raise ValueError(f"{path}: key {bench.key!r} holds {type(corpus).__name__}, expected a dict of samples")
-        field = "val" if bench.kind == "sentiment" else "emo"
-        labels = {}
-        for name, entry in corpus.items():
-            if bench.keep is not None and not bench.keep(name):
-                continue
-            if not isinstance(entry, dict) or field not in entry:
-                raise ValueError(f"{path}: sample {name} has no {field!r} field")
-            value = entry[field]
-            labels[name] = float(value) if field == "val" else _label_of(value, bench, name, path)
+    labels = _read_ov_labels(path) if bench.kind == "ovmerd" else _read_npz_labels(benchmark, path)
     if not labels:
         raise ValueError(f"{path}: no ground-truth samples for {benchmark}")
     return labels
@@ -166,15 +148,15 @@ def _read_jsonl(path: Path) -> Predictions:
 
 
 def _read_affectgpt_npz(path: Path) -> Predictions:
-    data = load_npz(path)
-    if "name2reason" in data:  # raw answers: rule-based extraction
-        reasons = data["name2reason"]
+    arrays = load_npz(path)
+    if "name2reason" in arrays:  # raw answers: rule-based extraction
+        reasons = arrays["name2reason"]
         return Predictions(path, labels={str(n): extract_labels(r) for n, r in reasons.items()})
-    if not {"filenames", "fileitems"} <= set(data):
+    if not {"filenames", "fileitems"} <= set(arrays):
         raise ValueError(
-            f"{path}: expected arrays 'filenames' and 'fileitems' (or 'name2reason'); found {sorted(data)}"
+            f"{path}: expected arrays 'filenames' and 'fileitems' (or 'name2reason'); found {sorted(arrays)}"
         )
-    names, items = [str(n) for n in data["filenames"]], [str(i) for i in data["fileitems"]]
+    names, items = [str(n) for n in arrays["filenames"]], [str(i) for i in arrays["fileitems"]]
     if len(names) != len(items):
         raise ValueError(f"{path}: {len(names)} filenames but {len(items)} fileitems")
     if path.name.endswith("-openset-sentiment.npz"):

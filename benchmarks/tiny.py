@@ -100,10 +100,11 @@ def tiny_tokenizer():
     Ids 0..21 are Qwen2.5-Omni's special tokens in released order and 22 is ``<|belief|>`` (``TINY_IDS``); the
     named tokens (``video_token`` = ``<|VIDEO|>``, ...) are set as the stock processor expects. Deterministic.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    import json
+
+    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-    from tokenizers import Regex
 
     specials = list(TINY_IDS)  # released order, then <|belief|>
     bpe = Tokenizer(models.BPE())
@@ -114,16 +115,34 @@ def tiny_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB_SIZE - 32, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(_TINY_CORPUS.splitlines() * 4, trainer=trainer)
-    state = __import__("json").loads(bpe.to_str())["model"]
+    state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     tokenizer = Qwen2Tokenizer(
         vocab=state["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         unk_token=None, extra_special_tokens=dict(QWEN_NAMED_TOKENS), model_max_length=32768,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]}, replace_extra_special_tokens=False) \
-        if False else None
+    # Register every special token as an added token (ids unchanged: they are already in the vocab) so none is split.
+    tokenizer.add_tokens([AddedToken(tok, special=True, normalized=False) for tok in specials], special_tokens=True)
     tokenizer.chat_template = QWEN2_5_OMNI_CHAT_TEMPLATE
     ids = tokenizer.convert_tokens_to_ids(specials)
     if ids != list(range(len(specials))) or len(tokenizer) >= TINY_VOCAB_SIZE:
         raise RuntimeError(f"tiny tokenizer ids {ids} / size {len(tokenizer)} do not match TINY_IDS")
     return tokenizer
+
+
+def tiny_processor(**kwargs):
+    """An ``AffectVerseProcessor`` on ``tiny_tokenizer()``, the stock Whisper feature extractor (128 mel bins) and the
+    stock Qwen2-VL video processor set for 224x224 frames at 3 fps; belief settings follow ``tiny_config()``.
+    ``kwargs`` override the processor's settings (``max_length``, ``injection``, ``audio_layout``, ...)."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, WhisperFeatureExtractor
+
+    from processing_affectverse import AffectVerseProcessor
+
+    config = tiny_config()
+    settings = {k: getattr(config, k) for k in ("num_belief_queries", "injection", "belief_construction")}
+    settings.update(kwargs)
+    video = Qwen2VLVideoProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 224 * 224}, fps=3.0,
+                                  do_sample_frames=False, cap_pixels_per_frame=False)
+    audio = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, return_attention_mask=True)
+    return AffectVerseProcessor(Qwen2VLImageProcessor(), video, audio, tiny_tokenizer(),
+                                chat_template=QWEN2_5_OMNI_CHAT_TEMPLATE, fps=3.0, frame_size=224, **settings)

@@ -1,0 +1,524 @@
+"""Evaluate an AffectVerse checkpoint on MER-UniBench: generation, scoring and the paper's tables and figures.
+
+``python -m benchmarks.run --model PATH --data-root DIR --out DIR`` runs every benchmark x modality setting x
+keep ratio asked for, then scores and reports:
+
+- **Modality settings** (Table 1): ``avt`` A+V+T (Full), ``at`` A+T (No Video), ``vt`` V+T (No Audio). A
+  dropped modality is removed at the input: no frames, or no audio track (A+T reads the audio of the wav, or of
+  the video file when the sample has no wav, without decoding its frames). The subtitle is always kept.
+- **Keep ratios** (Table 2): the observed audio and video are cut to their first kappa at inference (the media
+  loaders' ``keep_ratio``); 1.0 is the full clip.
+- **Generation**: batched (left padding), greedy, AffectGPT's question; one bar per run (tqdm).
+- **Predictions**: ``OUT/predictions.jsonl``, one line per clip and setting, written and flushed per batch::
+
+      {"name", "benchmark", "task", "modality", "setting", "keep_ratio", "status": "ok" | "error",
+       "answer", "labels", "sentiment" (sentiment benchmarks), "seconds", "reason" (errors)}
+
+  ``seconds`` is the batch's wall time (media loading + generation) divided by its clips. A rerun with the same
+  ``--out`` skips every (benchmark, modality, keep ratio, name) already in the file, so an interrupted run resumes
+  without recomputing anything (a half-written last line is dropped). A clip whose media cannot be loaded is
+  recorded with ``status: "error"`` and its reason; pass ``--retry-errors`` to try those again.
+- **Scoring** (``OUT/scores.json``): per benchmark x setting x kappa, the MER-UniBench main score (HIT, non-zero
+  WAF or the OV-MERD+ set F-score, see ``benchmarks/score.py``) and the closed-set alternative (weighted F1 over
+  the dataset's label set, or Acc-2 for sentiment), x100. A clip that failed to load counts as an empty answer.
+  A manifest's own benchmarks (e.g. the synthetic clips) use the set of their ground-truth words as label set.
+- **Report** (``benchmarks.report``): Table 1 / Table 2 layouts (markdown + CSV), keep-ratio robustness,
+  per-step imagination cosine (Table 8) and a MAMA attention map (Figure 3) as PNGs.
+
+Example (the synthetic clips and a tiny model; see tests/test_run.py)::
+
+    python -m benchmarks.run --model ckpt/ --manifest clips/manifest.csv --split all \\
+        --modalities avt,at,vt --keep-ratios 1.0,0.5 --out runs/tiny --max-new-tokens 8
+
+Full MER-UniBench on a GPU::
+
+    python -m benchmarks.run --model ckpt/ --data-root /data/merunibench --emotion-wheel /data/emotion_wheel \\
+        --benchmarks mer2023,mer2024,meld,iemocap,mosi,mosei,sims,simsv2,ovmerdplus \\
+        --modalities avt,at,vt --keep-ratios 1.0,0.7,0.5,0.3,0.1 --out runs/affectverse --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmarks.data import BENCHMARKS as DATASETS
+from benchmarks.data import canonical_name, decode_label, load_benchmark, load_manifest
+from benchmarks.score import BENCHMARKS as SCORERS
+from benchmarks.score import KINDS, MAIN_METRICS
+from benchmarks.scoring import (
+    LLMExtractor,
+    closed_set_scores,
+    extract_labels,
+    hit_score,
+    ovmerd_scores,
+    sentiment_from_answer,
+    sentiment_scores,
+)
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.jsonl"
+SCORES = "scores.json"
+IMAGINATION = "imagination.json"
+ATTENTION = "belief_attention.json"
+MEDIA_ERRORS = (ValueError, KeyError, OSError, RuntimeError)  # MediaError is a ValueError; decord/av are wrapped
+ERROR_SCORING = ("a clip that failed to load counts as an empty answer: no label (a miss) or, for sentiment, "
+                 "neutral (which the protocol counts as negative)")
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One input setting of Table 1 / Table 2."""
+
+    key: str
+    name: str  # Table 1 row label
+    ablation: str  # Table 2 row label
+    video: bool
+    audio: bool
+
+
+MODALITIES = {
+    "avt": Modality("avt", "A+V+T", "Full", video=True, audio=True),
+    "at": Modality("at", "A+T", "No Video", video=False, audio=True),
+    "vt": Modality("vt", "V+T", "No Audio", video=True, audio=False),
+}
+
+
+def modality_row(row: dict, modality: Modality) -> dict:
+    """A dataset row with the dropped modality removed, in the form ``AffectVerseCollator.sample`` reads.
+
+    ``audio == ""`` means the video's own track; ``audio=None`` no audio; ``video=""`` no frames.
+    """
+    row = dict(row)
+    if not modality.video:
+        row["audio"] = row.get("audio") or row.get("video") or None  # the track, read without the frames
+        row["video"] = ""
+    if not modality.audio:
+        row["audio"] = None
+    return row
+
+
+def result_key(benchmark: str, modality: str, keep_ratio: float, name: str) -> tuple:
+    return benchmark, modality, round(float(keep_ratio), 6), name
+
+
+# ---------------------------------------------------------------------------------------------- predictions
+class PredictionStore:
+    """``predictions.jsonl``: read once at start (repairing a half-written last line), appended per batch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.records: dict[tuple, dict] = {}  # the last record per key wins (``--retry-errors`` appends)
+        if self.path.exists():
+            self._load()
+
+    def _load(self):
+        text = self.path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        good, dropped = [], 0
+        for line_no, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                key = result_key(record["benchmark"], record["modality"], record["keep_ratio"], record["name"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if line_no < len(lines) - 1:  # not the unterminated tail: the file was edited or is corrupt
+                    raise ValueError(f"{self.path}, line {line_no}: not a prediction record; fix or remove it") \
+                        from None
+                dropped += 1
+                continue
+            self.records[key] = record
+            good.append(line)
+        if dropped or (text and not text.endswith("\n")):
+            logger.warning("%s: dropping a half-written last line (an interrupted run); it will be recomputed",
+                           self.path)
+            self.path.write_text("".join(line + "\n" for line in good), encoding="utf-8")
+        logger.info("%s: %d predictions from an earlier run", self.path, len(self.records))
+
+    def done(self, key: tuple, retry_errors: bool = False) -> bool:
+        record = self.records.get(key)
+        return record is not None and not (retry_errors and record.get("status") == "error")
+
+    def append(self, records: list[dict]):
+        """Write ``records`` (one line each) and flush them to disk."""
+        with open(self.path, "a", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        for record in records:
+            self.records[result_key(record["benchmark"], record["modality"], record["keep_ratio"], record["name"])] = \
+                record
+
+
+# ------------------------------------------------------------------------------------------- model and data
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(path: str, device: str, dtype: torch.dtype):
+    """(model in eval mode on ``device``, processor) from an AffectVerse checkpoint folder."""
+    from modeling_affectverse import AffectVerseForConditionalGeneration
+    from processing_affectverse import AffectVerseProcessor
+
+    model = AffectVerseForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+    # trust_remote_code: the folder's processor config names its own class in auto_map; we load that class here.
+    processor = AffectVerseProcessor.from_pretrained(path, trust_remote_code=True)
+    if processor.belief_token_id != model.config.belief_token_id:
+        raise ValueError(f"{path}: the processor's <|belief|> id {processor.belief_token_id} differs from the "
+                         f"model's belief_token_id {model.config.belief_token_id}")
+    return model, processor
+
+
+def load_rows(args) -> dict[str, list[dict]]:
+    """``{benchmark: rows}`` from ``--manifest`` (grouped by its ``benchmark`` column) or ``--data-root``."""
+    split = None if args.split == "all" else args.split
+    wanted = [b.strip() for b in args.benchmarks.split(",") if b.strip()] if args.benchmarks else None
+    groups: dict[str, list[dict]] = {}
+    if args.manifest:
+        for row in load_manifest(args.manifest, split=split):
+            groups.setdefault(row["benchmark"], []).append(row)
+        if wanted:
+            missing = sorted(set(wanted) - set(groups))
+            if missing:
+                raise ValueError(f"{args.manifest}: no rows for benchmark(s) {missing}; it has {sorted(groups)}")
+            groups = {b: groups[b] for b in wanted}
+    else:
+        for name in wanted or list(DATASETS):
+            groups[canonical_name(name)] = list(load_benchmark(name, args.data_root, split or "test"))
+    if args.limit:
+        groups = {b: rows[: args.limit] for b, rows in groups.items()}
+    for bench, rows in groups.items():
+        names = [r["name"] for r in rows]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{bench}: sample names are not unique; predictions are keyed by name")
+        if len({r["task"] for r in rows}) > 1:
+            raise ValueError(f"{bench}: rows of several tasks {sorted({r['task'] for r in rows})}; give each task "
+                             "its own 'benchmark' name in the manifest")
+    return {b: rows for b, rows in groups.items() if rows}
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+class RuleExtractor:
+    """Rule-based text -> labels (``extract_labels``) and sentiment (``sentiment_from_answer``)."""
+
+    name = "rule"
+
+    def labels(self, answers: Sequence[str]) -> list[list[str]]:
+        return [extract_labels(a) for a in answers]
+
+    def sentiments(self, answers: Sequence[str], label_lists: Sequence[list[str]]) -> list[str]:
+        return [sentiment_from_answer(a) for a in answers]
+
+
+class LLMLabeler:
+    """The official two-step LLM extraction (answer -> label list -> sentiment), see ``LLMExtractor``."""
+
+    name = "llm"
+
+    def __init__(self, model_path: str, device: str | None = None, batch_size: int = 8):
+        self.llm = LLMExtractor(model_path, device=device, batch_size=batch_size)
+
+    def labels(self, answers):
+        return self.llm.labels(answers)
+
+    def sentiments(self, answers, label_lists):
+        return self.llm.sentiments(label_lists)
+
+
+# ------------------------------------------------------------------------------------------------ generation
+def to_device(batch, model):
+    """Move a processor batch to the model's device; media features take the model's dtype (positions do not)."""
+    batch = batch.to(model.device)
+    for key in ("pixel_values_videos", "pixel_values", "input_features"):
+        if key in batch:
+            batch[key] = batch[key].to(model.dtype)
+    return batch
+
+
+def encode_rows(processor, collator, rows: list[dict], keep_ratio: float):
+    """Encode each row on its own so one bad clip cannot sink its batch: (encoded, ok rows, {name: reason})."""
+    encoded, ok, failed = [], [], {}
+    for i, row in enumerate(rows):
+        try:
+            encoded.append(processor.encode(collator.sample(row), training=False, keep_ratio=keep_ratio, index=i))
+            ok.append(row)
+        except MEDIA_ERRORS as err:
+            reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            logger.warning("%s: %s", row["name"], reason)
+            failed[row["name"]] = reason
+    return encoded, ok, failed
+
+
+@torch.no_grad()
+def generate_answers(model, processor, encoded, max_new_tokens: int) -> list[str]:
+    batch = to_device(processor.collate(encoded, padding_side="left"), model)
+    tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=processor.tokenizer.pad_token_id)
+    new_tokens = tokens[:, batch["input_ids"].shape[1]:]  # generate returns the prompt + the new tokens
+    return [a.strip() for a in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def run_batch(model, processor, collator, extractor, rows, modality: Modality, keep_ratio, max_new_tokens):
+    """Prediction records for one batch of dataset rows (errors included), in row order."""
+    start = time.perf_counter()
+    encoded, ok, failed = encode_rows(processor, collator, [modality_row(r, modality) for r in rows], keep_ratio)
+    answers = generate_answers(model, processor, encoded, max_new_tokens) if encoded else []
+    labels = extractor.labels(answers) if answers else []
+    sentiments = {}  # row index in ok -> sentiment, for the sentiment benchmarks
+    if any(r["task"] == "sentiment" for r in ok):
+        index = [i for i, r in enumerate(ok) if r["task"] == "sentiment"]
+        found = extractor.sentiments([answers[i] for i in index], [labels[i] for i in index])
+        sentiments = dict(zip(index, found))
+    seconds = round((time.perf_counter() - start) / len(rows), 4)
+    by_name = {r["name"]: i for i, r in enumerate(ok)}
+    records = []
+    for row in rows:
+        record = {"name": row["name"], "benchmark": row["benchmark"], "task": row["task"], "modality": modality.key,
+                  "setting": modality.name, "keep_ratio": float(keep_ratio)}
+        if row["name"] in failed:
+            record.update(status="error", reason=failed[row["name"]], answer="", labels=[])
+        else:
+            i = by_name[row["name"]]
+            record.update(status="ok", answer=answers[i], labels=labels[i])
+            if i in sentiments:
+                record["sentiment"] = sentiments[i]
+        record["seconds"] = seconds
+        records.append(record)
+    return records
+
+
+def predict(model, processor, groups, modalities, keep_ratios, store, extractor, args) -> bool:
+    """Run every pending (benchmark, modality, kappa, clip); False when ``--max-batches`` stopped the run early."""
+    from processing_affectverse import AffectVerseCollator
+
+    collator = AffectVerseCollator(processor, training=False, on_error="skip")
+    plan = []
+    for bench, rows in groups.items():
+        for modality in modalities:
+            for kappa in keep_ratios:
+                todo = [r for r in rows if not store.done(result_key(bench, modality.key, kappa, r["name"]),
+                                                          args.retry_errors)]
+                if todo:
+                    plan.append((bench, modality, kappa, todo))
+                logger.info("%s %s kappa=%.2f: %d of %d clips to run", bench, modality.name, kappa, len(todo),
+                            len(rows))
+    total = sum(len(todo) for *_, todo in plan)
+    batches = 0
+    with tqdm(total=total, desc="generating", unit="clip", disable=None) as bar:
+        for bench, modality, kappa, todo in plan:
+            bar.set_postfix_str(f"{bench} {modality.name} kappa={kappa:g}")
+            for start in range(0, len(todo), args.batch_size):
+                if args.max_batches is not None and batches >= args.max_batches:
+                    logger.warning("stopped after --max-batches=%d; rerun the same command to resume", batches)
+                    return False
+                records = run_batch(model, processor, collator, extractor, todo[start:start + args.batch_size],
+                                    modality, kappa, args.max_new_tokens)
+                store.append(records)
+                batches += 1
+                bar.update(len(records))
+    return True
+
+
+# --------------------------------------------------------------------------------------------------- scoring
+def _pct(value) -> float | None:
+    return None if value is None else round(float(value) * 100, 2)
+
+
+def label_set_of(benchmark: str, gts: list) -> tuple[str, ...]:
+    """The closed label set: the benchmark's own (MER-UniBench) or, for a manifest, its ground-truth words."""
+    if benchmark in SCORERS and SCORERS[benchmark].label_set:
+        return SCORERS[benchmark].label_set
+    return tuple(sorted({str(g).lower().strip() for g in gts}))
+
+
+def score_setting(benchmark: str, task: str, gts: list, records: list[dict], wheel) -> dict:
+    """Main score (MER-UniBench) and the closed-set alternative for one benchmark x setting x kappa, x100."""
+    kind = KINDS[task]
+    preds = [r["labels"] if r.get("status") == "ok" else [] for r in records]
+    out = {"main_metric": MAIN_METRICS[kind], "main_score": None}
+    if kind == "sentiment":
+        sentiments = [r.get("sentiment", "") if r.get("status") == "ok" else "" for r in records]
+        s = sentiment_scores(gts, sentiments)
+        out.update(main_score=_pct(s["weighted_f1"]), acc2=_pct(s["acc2"]), n_scored=s["n_scored"],
+                   closed_set_metric="Acc-2 (non-zero)", closed_set_score=_pct(s["acc2"]))
+        return out
+    if wheel is None:
+        out["main_note"] = "needs --emotion-wheel"
+    elif kind == "hit":
+        s = hit_score(gts, preds, wheel)
+        out.update(main_score=_pct(s["hit"]), per_wheel=[_pct(v) for v in s["per_wheel"]], n_scored=s["n_scored"])
+    else:
+        s = ovmerd_scores(gts, preds, wheel)
+        out.update(main_score=_pct(s["f1"]), precision=_pct(s["precision"]), recall=_pct(s["recall"]),
+                   n_scored=s["n_scored"])
+    if kind == "hit":
+        label_set = label_set_of(benchmark, gts)
+        c = closed_set_scores(gts, preds, label_set)
+        out.update(closed_set_metric="weighted F1 over the label set", closed_set_score=_pct(c["weighted_f1"]),
+                   closed_set_accuracy=_pct(c["accuracy"]), closed_set_n_unmapped=c["n_unmapped"],
+                   label_set=list(label_set))
+    else:
+        out.update(closed_set_metric=None, closed_set_score=None)  # open vocabulary: no closed label set
+    return out
+
+
+def score_run(groups, modalities, keep_ratios, store, wheel) -> dict:
+    """``scores.json``: one entry per benchmark x modality x kappa that has a prediction for every clip."""
+    results = []
+    for bench, rows in groups.items():
+        task = rows[0]["task"]
+        gts = [decode_label(r["label"]) for r in rows]
+        for modality in modalities:
+            for kappa in keep_ratios:
+                records = [store.records.get(result_key(bench, modality.key, kappa, r["name"])) for r in rows]
+                if any(r is None for r in records):
+                    logger.warning("%s %s kappa=%g: %d clips have no prediction; not scored", bench, modality.name,
+                                   kappa, sum(r is None for r in records))
+                    continue
+                entry = {"benchmark": bench, "task": task, "modality": modality.key, "setting": modality.name,
+                         "ablation": modality.ablation, "keep_ratio": float(kappa), "n": len(rows),
+                         "n_errors": sum(r["status"] == "error" for r in records),
+                         "seconds_per_clip": round(sum(r["seconds"] for r in records) / len(records), 4)}
+                entry.update(score_setting(bench, task, gts, records, wheel))
+                results.append(entry)
+    return {"errors": ERROR_SCORING, "results": results}
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="AffectVerse checkpoint folder (model + processor)")
+    src = p.add_argument_group("data")
+    src.add_argument("--data-root", help="folder of the packaged MER-UniBench benchmarks (*-process folders)")
+    src.add_argument("--manifest", help="CSV/JSONL manifest (benchmarks.data.load_manifest), grouped by its "
+                                        "'benchmark' column; replaces --data-root as the source of samples")
+    p.add_argument("--benchmarks", default=None,
+                   help="comma-separated, e.g. mer2023,meld (default: all nine, or every benchmark of the manifest)")
+    p.add_argument("--split", default="test", help="test (MER-UniBench), train, val, or all (manifests)")
+    p.add_argument("--modalities", default="avt,at,vt", help=f"comma-separated of {list(MODALITIES)}")
+    p.add_argument("--keep-ratios", default="1.0", help="comma-separated kappa in (0, 1], e.g. 1.0,0.7,0.5,0.3,0.1")
+    p.add_argument("--out", required=True, help="run folder (predictions, scores, tables, plots); reruns resume")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--emotion-wheel", default=None,
+                   help="emotion_wheel folder (HIT, OV-MERD+); default: DATA_ROOT/emotion_wheel when it exists")
+    p.add_argument("--extractor", choices=["rule", "llm"], default="rule", help="answer -> labels/sentiment")
+    p.add_argument("--extractor-model", default=None, help="local causal LM for --extractor llm (Qwen2.5-7B-Instruct)")
+    p.add_argument("--limit", type=int, default=None, help="first N clips of each benchmark (smoke runs)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after N new batches (resume later)")
+    p.add_argument("--retry-errors", action="store_true", help="run clips recorded as errors again")
+    p.add_argument("--imagination-clips", type=int, default=8,
+                   help="clips for the Table 8 imagination cosine (0: skip the imagination and attention plots)")
+    p.add_argument("--imagination-keep-ratio", type=float, default=0.7, help="kappa fixed for Table 8")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not (args.data_root or args.manifest):
+        p.error("give --data-root or --manifest")
+    if args.data_root and args.manifest:
+        logger.warning("--manifest gives the samples; --data-root is used only to find DATA_ROOT/emotion_wheel")
+    if args.extractor == "llm" and not args.extractor_model:
+        p.error("--extractor llm needs --extractor-model")
+    try:
+        args.modality_list = [MODALITIES[m.strip()] for m in args.modalities.split(",") if m.strip()]
+    except KeyError as err:
+        p.error(f"unknown modality setting {err.args[0]!r}; choose from {list(MODALITIES)}")
+    args.keep_ratio_list = [float(k) for k in args.keep_ratios.split(",") if k.strip()]
+    if not args.keep_ratio_list or not all(0 < k <= 1 for k in args.keep_ratio_list):
+        p.error(f"--keep-ratios must lie in (0, 1], got {args.keep_ratios}")
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.emotion_wheel is None and args.data_root and (Path(args.data_root) / "emotion_wheel").is_dir():
+        args.emotion_wheel = str(Path(args.data_root) / "emotion_wheel")
+    return args
+
+
+def diagnostics(model, processor, groups, args, out: Path):
+    """Table 8 (imagination cosine) and Figure 3 (MAMA attention) data, computed once per run folder."""
+    from benchmarks.report import belief_attention, imagination_quality
+
+    rows = [r for rs in groups.values() for r in rs][: max(args.imagination_clips, 0)]
+    if not rows:
+        return
+    if not (out / IMAGINATION).exists():
+        try:
+            result = imagination_quality(model, processor, rows, keep_ratio=args.imagination_keep_ratio,
+                                         batch_size=args.batch_size)
+            (out / IMAGINATION).write_text(json.dumps(result, indent=2))
+        except ValueError as err:  # e.g. every clip failed to load: the run's results stand without the plot
+            logger.warning("imagination quality not computed: %s", err)
+    if not (out / ATTENTION).exists():
+        for row in rows:  # the first clip whose media load
+            try:
+                result = belief_attention(model, processor, row)
+            except MEDIA_ERRORS as err:
+                logger.warning("belief attention: skipping %s (%s)", row["name"], err)
+                continue
+            (out / ATTENTION).write_text(json.dumps(result, indent=2))
+            break
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        groups = load_rows(args)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    if not groups:
+        raise SystemExit("error: no samples to evaluate")
+    wheel = None
+    if args.emotion_wheel and any(rows[0]["task"] != "sentiment" for rows in groups.values()):
+        from benchmarks.wheel import load_wheel
+
+        wheel = load_wheel(args.emotion_wheel)
+    dtype = resolve_dtype(args.dtype, args.device)
+    model, processor = load_model(args.model, args.device, dtype)
+    extractor = RuleExtractor() if args.extractor == "rule" else \
+        LLMLabeler(args.extractor_model, device=args.device, batch_size=args.batch_size)
+    (out / "run.json").write_text(json.dumps({
+        "model": str(Path(args.model).resolve()), "device": args.device, "dtype": str(dtype).replace("torch.", ""),
+        "benchmarks": {b: len(r) for b, r in groups.items()}, "modalities": [m.key for m in args.modality_list],
+        "keep_ratios": args.keep_ratio_list, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+        "extractor": extractor.name, "emotion_wheel": args.emotion_wheel, "split": args.split}, indent=2))
+    store = PredictionStore(out / PREDICTIONS)
+    t0 = time.perf_counter()
+    finished = predict(model, processor, groups, args.modality_list, args.keep_ratio_list, store, extractor, args)
+    logger.info("generation: %.1f s", time.perf_counter() - t0)
+    if not finished:
+        return 0
+    scores = score_run(groups, args.modality_list, args.keep_ratio_list, store, wheel)
+    (out / SCORES).write_text(json.dumps(scores, indent=2))
+    if args.imagination_clips > 0:
+        diagnostics(model, processor, groups, args, out)
+    from benchmarks.report import write_report
+
+    for path in write_report(out):
+        logger.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,537 @@
+"""AffectVerse processor: AffectGPT-style emotion chats for the Qwen2.5-Omni thinker, with belief placeholders.
+
+Remote code: imports only torch, transformers and its sibling file at module level; decord is imported inside
+the media loaders (a checkpoint folder loads without it). Shapes: T frames, N audio samples, L tokens.
+
+One sample is a dict ``{"video", "audio", "subtitle", "question", "answer", "name"}``, every key optional:
+
+- ``video``: a path (decoded with decord at ``fps``, resized to ``frame_size`` x ``frame_size``), a [`VideoClip`], or
+  frames `(T, H, W, 3)` uint8 (numpy or torch) already sampled at the processor's ``fps`` (or at ``sample["fps"]``);
+- ``audio``: a path, a 16 kHz mono waveform `(N,)`, ``"video"`` for the video file's own track, or None;
+- ``subtitle``: the transcript; ``question``: defaults to the processor's ``question``;
+- ``answer``: the target text (training); without it the prompt ends with the generation prompt.
+
+Chat (paper Appendix A; the official Qwen2.5-Omni chat template renders it), e.g. for audio + video in training::
+
+    <|im_start|>system
+    You are an emotion recognition assistant<|im_end|>
+    <|im_start|>user
+    <|vision_bos|><|VIDEO|>...<|vision_eos|><|audio_bos|><|AUDIO|>...<|audio_eos|><|belief|>x4Subtitle: {subtitle}
+    {question}<|im_end|>
+    <|im_start|>assistant
+    <|belief|>x4{answer}<|im_end|>
+
+The user text is ``"Subtitle: {subtitle}\\n{question}"`` (just ``question`` when the subtitle is empty). Belief
+placeholders (``belief_split`` of the configuration): the first group right after the closing token of the last
+media block, the second right after ``<|im_start|>assistant\\n``; none for text-only samples. Labels are -100
+everywhere except the answer and its closing ``<|im_end|>`` (the template's newline after it is not added: it is
+never generated). With ``audio_layout="interleaved"`` the audio rides inside the video block (Qwen's
+``use_audio_in_video``: ``<|vision_bos|><|audio_bos|>`` video and audio chunks ``<|audio_eos|><|vision_eos|>``);
+that flag is one per batch, so every sample of such a batch must have both video and audio.
+
+Length rule (``max_length``, default 1024 tokens): text and answer are never cut. When a sample is too long, its
+video keeps the largest number of frames that fits, a multiple of ``temporal_patch_size`` and at least
+``temporal_patch_size`` of them, picked uniformly over the clip (its fps, hence ``video_second_per_grid``, scales
+by the kept share); if even that is too long, the audio keeps its longest prefix that fits. A warning is logged.
+If text, answer and the minimal media still exceed ``max_length``, a ValueError names the sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from typing import NamedTuple
+
+import torch
+from transformers import AddedToken, BatchFeature, Qwen2_5OmniProcessor
+
+try:  # remote code: a package in transformers' module cache
+    from .configuration_affectverse import BELIEF_TOKEN, belief_split
+except ImportError:  # a clone or an installed wheel: flat top-level modules
+    from configuration_affectverse import BELIEF_TOKEN, belief_split
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = "You are an emotion recognition assistant"
+QUESTION = "Please recognize all possible emotional states of the character."  # AffectGPT's evaluation question
+ANSWER_TEMPLATE = "The character's emotional state is {label}."  # AffectGPT's trained answer form
+AUDIO_SHORTFALL = (0.25, 0.10)  # decoded audio may fall short of the expected length by max(0.25 s, 10 %)
+_MIN_PIXELS = 56 * 56  # smallest frame area the video processor may produce (no upscaling above it)
+
+
+# ----------------------------------------------------------------------------- media loading
+
+
+class MediaError(ValueError):
+    """A media file that cannot be used (missing, empty, unreadable, truncated, no audio track), naming the file."""
+
+    def __init__(self, path, reason: str | None = None):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}" if reason is not None else str(path))
+
+    def __reduce__(self):  # DataLoader workers pickle exceptions
+        return type(self), (self.path, self.reason)
+
+
+class VideoClip(NamedTuple):
+    """Decoded video: ``frames`` `(T, size, size, 3)` uint8, sampling ``fps``, frame ``timestamps`` (s), file
+    ``duration`` (s, before ``keep_ratio``)."""
+
+    frames: object
+    fps: float
+    timestamps: list
+    duration: float
+
+
+def _decord():
+    try:
+        import decord
+    except ImportError as err:  # pragma: no cover - decord is a dependency of the package, not of remote code
+        raise ImportError("AffectVerse media loading needs decord: pip install decord") from err
+    return decord
+
+
+def _reason(err: Exception) -> str:
+    """The informative part of a decord error (without its ``[time] source.cc:line:`` prefixes)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return re.sub(r"^(\[[\d:]+\] \S+:\d+: )+", "", text)
+
+
+def _check_file(path) -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MediaError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise MediaError(path, "empty file (0 bytes)")
+    return path
+
+
+def sample_indices(n_frames: int, src_fps: float, fps: float, keep_ratio: float = 1.0) -> tuple[list[int], float]:
+    """Frame indices at ``fps`` (capped at ``src_fps``) over the first ``keep_ratio`` of ``n_frames``; (indices, fps)."""
+    kept = max(1, math.ceil(n_frames * keep_ratio - 1e-9))
+    rate = min(fps, src_fps)
+    count = max(1, int(kept / src_fps * rate + 1e-6))
+    return [min(kept - 1, int(k * src_fps / rate + 1e-6)) for k in range(count)], rate
+
+
+def load_video(path, fps: float = 3.0, size: int = 224, keep_ratio: float = 1.0) -> VideoClip:
+    """Decode ``path`` with decord: frames at ``fps`` from t = 0 over the first ``keep_ratio`` of the clip, resized to
+    `(size, size)`. Returns a [`VideoClip`] (frames `(T, size, size, 3)` uint8). Raises MediaError."""
+    decord = _decord()
+    path = _check_file(path)
+    try:  # the reader lives only in this call: never share one across DataLoader workers
+        reader = decord.VideoReader(path, width=size, height=size, num_threads=1)
+        n_frames, src_fps = len(reader), float(reader.get_avg_fps())
+        if n_frames == 0 or src_fps <= 0:
+            raise MediaError(path, "no video frames")
+        indices, rate = sample_indices(n_frames, src_fps, fps, keep_ratio)
+        frames = reader.get_batch(indices).asnumpy()  # (T, size, size, 3)
+    except (RuntimeError, decord.DECORDError) as err:
+        raise MediaError(path, f"unreadable, truncated or corrupt video ({_reason(err)})") from None
+    return VideoClip(frames, rate, [i / src_fps for i in indices], n_frames / src_fps)
+
+
+def _wav_duration(path: str) -> float | None:
+    """Duration the header of a PCM wav declares (None when it is not one the ``wave`` module reads)."""
+    import wave
+
+    try:
+        with wave.open(path, "rb") as wav:
+            frames, rate, width = wav.getnframes(), wav.getframerate(), wav.getsampwidth() * wav.getnchannels()
+    except (wave.Error, EOFError, OSError):
+        return None
+    streamed = frames * width >= 0xFFFFFFF0  # a streaming writer's placeholder size, not a length
+    return frames / rate if rate and not streamed else None
+
+
+def load_audio(path_or_video, sr: int = 16000, keep_ratio: float = 1.0, expected_duration: float | None = None):
+    """Decode the audio of a file (a wav, or a video's own track) with decord: mono float32 `(N,)` at ``sr``.
+
+    decord returns partial audio from truncated files without error, so the decoded length is checked against the
+    wav header's declared length or, for other files, ``expected_duration`` (e.g. the video's duration): a shortfall
+    over ``max(0.25 s, 10 %)`` raises. ``keep_ratio`` keeps the first fraction after the check. Raises MediaError.
+    """
+    decord = _decord()
+    path = _check_file(path_or_video)
+    declared = _wav_duration(path) if path.lower().endswith(".wav") else None
+    expected = declared if declared is not None else expected_duration
+    try:
+        reader = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=sr, mono=True)
+        audio = reader[:].asnumpy().reshape(-1)  # (N,)
+    except (RuntimeError, decord.DECORDError) as err:
+        reason = _reason(err)
+        if "audio stream" in reason:
+            raise MediaError(path, "no audio track") from None
+        raise MediaError(path, f"unreadable, truncated or corrupt audio ({reason})") from None
+    seconds = len(audio) / sr
+    if expected and expected - seconds > max(AUDIO_SHORTFALL[0], AUDIO_SHORTFALL[1] * expected):
+        raise MediaError(path, f"truncated audio: {seconds:.2f} s decoded, {expected:.2f} s expected")
+    return audio[: max(1, round(len(audio) * keep_ratio))].astype("float32", copy=False)
+
+
+def answer_from_label(label) -> str:
+    """AffectGPT's answer for a label: a word, a list of words (joined by ", "; empty: neutral), a valence
+    (> 0 positive, < 0 negative, 0 neutral), or any of these JSON-encoded as ``benchmarks.data`` stores them."""
+    if isinstance(label, str):
+        try:
+            decoded = json.loads(label)
+            label = decoded if isinstance(decoded, (str, list, int, float)) and not isinstance(decoded, bool) else label
+        except ValueError:
+            pass
+    if isinstance(label, (list, tuple)):
+        label = ", ".join(str(w).strip() for w in label if str(w).strip()) or "neutral"
+    elif isinstance(label, (int, float)) and not isinstance(label, bool):
+        label = "positive" if label > 0 else "negative" if label < 0 else "neutral"
+    return ANSWER_TEMPLATE.format(label=str(label).strip())
+
+
+# ----------------------------------------------------------------------------- processor
+
+
+class _Encoded(NamedTuple):
+    """One processed sample before padding."""
+
+    name: str
+    input_ids: list
+    labels: list | None
+    media: dict  # the stock processor's media tensors for this sample
+    interleaved: bool
+
+
+class AffectVerseProcessor(Qwen2_5OmniProcessor):
+    r"""The stock [`Qwen2_5OmniProcessor`] plus AffectVerse's chat, belief placeholders, media loading and length rule.
+
+    Args:
+        image_processor, video_processor, feature_extractor, tokenizer, chat_template: the stock components (the
+            official Qwen2.5-Omni chat template). ``<|belief|>`` is added to the tokenizer as a special token when
+            missing (it then takes the first free id: 151665 on the released tokenizer).
+        num_belief_queries, injection, belief_construction: as in [`AffectVerseConfig`] (use
+            [`~AffectVerseProcessor.from_model_config`] to copy them from a model).
+        fps (`float`, defaults to 3.0): video sampling rate (Appendix A.3).
+        frame_size (`int`, defaults to 224): frames are decoded at `(frame_size, frame_size)` and never upscaled.
+        max_length (`int`, defaults to 1024): token budget per sample; see the module docstring for the rule.
+        audio_layout (`str`, defaults to `"separate"`): `"separate"` audio block after the video block, or
+            `"interleaved"` audio inside the video block (Qwen's `use_audio_in_video`; homogeneous batches only).
+        system_prompt, question: the chat's system prompt and default question (Appendix A; AffectGPT's question).
+
+    Example:
+
+    ```python
+    >>> processor = AutoProcessor.from_pretrained("path/to/affectverse", trust_remote_code=True)
+    >>> batch = processor([{"video": "clip.mp4", "audio": "video", "subtitle": "I can't believe it.",
+    ...                     "answer": "The character's emotional state is surprise."}])  # training batch
+    >>> batch = processor(video="clip.mp4", audio="video", subtitle="I can't believe it.")  # generation prompt
+    ```
+    """
+
+    def __init__(self, image_processor=None, video_processor=None, feature_extractor=None, tokenizer=None,
+                 chat_template=None, num_belief_queries=4, injection="interleaved", belief_construction="ewm",
+                 fps=3.0, frame_size=224, max_length=1024, audio_layout="separate", system_prompt=SYSTEM_PROMPT,
+                 question=QUESTION):
+        if injection not in ("interleaved", "single"):
+            raise ValueError(f"injection={injection!r}; expected 'interleaved' or 'single'")
+        if audio_layout not in ("separate", "interleaved"):
+            raise ValueError(f"audio_layout={audio_layout!r}; expected 'separate' or 'interleaved'")
+        if tokenizer is not None and BELIEF_TOKEN not in tokenizer.get_added_vocab():
+            tokenizer.add_tokens([AddedToken(BELIEF_TOKEN, special=True, normalized=False)], special_tokens=True)
+        super().__init__(image_processor, video_processor, feature_extractor, tokenizer, chat_template=chat_template)
+        self.num_belief_queries, self.injection, self.belief_construction = num_belief_queries, injection, \
+            belief_construction
+        self.fps, self.frame_size, self.max_length, self.audio_layout = float(fps), frame_size, max_length, audio_layout
+        self.system_prompt, self.question = system_prompt, question
+        self.belief_token = BELIEF_TOKEN
+        self.belief_token_id = self.tokenizer.convert_tokens_to_ids(BELIEF_TOKEN)
+
+    @classmethod
+    def from_model_config(cls, config, base_processor, **kwargs):
+        """An AffectVerseProcessor on ``base_processor``'s components (a stock Qwen2.5-Omni or an AffectVerse
+        processor) with the belief settings of ``config`` (an AffectVerseConfig); ``kwargs`` override settings."""
+        names = ("fps", "frame_size", "max_length", "audio_layout", "system_prompt", "question")
+        settings = {k: getattr(base_processor, k) for k in names if hasattr(base_processor, k)}
+        settings.update({k: getattr(config, k) for k in ("num_belief_queries", "injection", "belief_construction")})
+        settings.update(kwargs)
+        processor = cls(base_processor.image_processor, base_processor.video_processor,
+                        base_processor.feature_extractor, base_processor.tokenizer,
+                        chat_template=base_processor.chat_template, **settings)
+        if processor.belief_token_id != config.belief_token_id:
+            raise ValueError(f"the tokenizer gives {BELIEF_TOKEN} id {processor.belief_token_id} but the config "
+                             f"expects belief_token_id={config.belief_token_id}")
+        return processor
+
+    # -- public entry points ---------------------------------------------------------------------------------------
+    def __call__(self, samples=None, images=None, videos=None, audio=None, *, text=None, video=None, subtitle=None,
+                 question=None, answer=None, training=None, padding_side=None, keep_ratio=1.0, **kwargs):
+        """Process ``samples`` (a dict or a list of dicts, see the module docstring) or one sample given by keywords
+        (``video``, ``audio``, ``subtitle``, ``question``, ``answer``) into a padded batch; see [`prepare`].
+
+        Called with ``text`` (or a string first argument) it is the stock Qwen2.5-Omni call, unchanged.
+        """
+        if text is not None or isinstance(samples, (str, list)) and samples and isinstance(samples[0], str):
+            return super().__call__(text=text if text is not None else samples, images=images, videos=videos,
+                                    audio=audio, **kwargs)
+        if kwargs.pop("return_tensors", "pt") not in ("pt", None):
+            raise ValueError("AffectVerseProcessor returns PyTorch tensors only")
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        if samples is None:
+            samples = {"video": video, "audio": audio, "subtitle": subtitle, "question": question, "answer": answer}
+        return self.prepare(samples, training=training, padding_side=padding_side, keep_ratio=keep_ratio)
+
+    def prepare(self, samples, training: bool | None = None, padding_side: str | None = None,
+                keep_ratio: float = 1.0) -> BatchFeature:
+        """Load media, render the chats and build one padded batch.
+
+        Args:
+            samples (`dict` or `list[dict]`): see the module docstring.
+            training (`bool`, *optional*): append the answers and return ``labels``; default: whether every sample
+                has an answer.
+            padding_side (`str`, *optional*): default ``"right"`` in training, ``"left"`` for generation.
+            keep_ratio (`float`): keep only the first fraction of each clip's video and audio (Table 2 setting).
+
+        Returns:
+            [`BatchFeature`] with ``input_ids``, ``attention_mask`` `(B, L)`, ``labels`` `(B, L)` in training, and the
+            stock media inputs: ``pixel_values_videos`` `(patches, 1176)`, ``video_grid_thw`` `(V, 3)`,
+            ``video_second_per_grid`` `(V,)`, ``input_features`` `(A, 128, frames)`, ``feature_attention_mask``
+            `(A, frames)`, plus ``use_audio_in_video`` (bool).
+        """
+        samples = [samples] if isinstance(samples, dict) else list(samples)
+        if padding_side not in (None, "left", "right") or not 0.0 < keep_ratio <= 1.0:
+            raise ValueError(f"padding_side={padding_side!r} (left or right), keep_ratio={keep_ratio} (in (0, 1])")
+        if training is None:
+            with_answer = [bool(s.get("answer")) for s in samples]
+            if any(with_answer) and not all(with_answer):
+                raise ValueError("some samples have an answer and some do not; pass training=True or False")
+            training = all(with_answer)
+        encoded = [self.encode(s, training=training, keep_ratio=keep_ratio, index=i) for i, s in enumerate(samples)]
+        return self.collate(encoded, padding_side or ("right" if training else "left"))
+
+    def encode(self, sample: dict, training: bool = False, keep_ratio: float = 1.0, index: int = 0) -> _Encoded:
+        """One sample: load its media, fit it to ``max_length``, render the chat and run the stock processor."""
+        video = sample.get("video")
+        name = str(sample.get("name") or (video if isinstance(video, (str, os.PathLike)) and video else
+                                          f"sample {index}"))
+        frames, fps, duration, video_path = self._load_video(video, keep_ratio, sample.get("fps") or self.fps)
+        audio = self._load_audio(sample.get("audio"), video_path, duration, keep_ratio)
+        answer_ids = []
+        if training:
+            if not sample.get("answer"):
+                raise ValueError(f"{name}: training sample without an answer")
+            answer_ids = self.tokenizer(sample["answer"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        interleaved = self.audio_layout == "interleaved" and frames is not None and audio is not None
+        prompt = self.render(frames is not None, audio is not None, sample.get("subtitle") or "",
+                             sample.get("question") or self.question, interleaved)
+        frames, fps, audio, expected = self._fit(name, prompt, frames, fps, audio, interleaved, len(answer_ids))
+        ids, media = self._stock(prompt, frames, fps, audio, interleaved)
+        if len(ids) != expected:  # the length rule relies on this count
+            raise RuntimeError(f"{name}: expected {expected} prompt tokens, the stock processor gave {len(ids)}")
+        labels = None
+        if training:
+            labels, ids = [-100] * len(ids) + answer_ids, ids + answer_ids
+        return _Encoded(name, ids, labels, media, interleaved)
+
+    def render(self, has_video: bool, has_audio: bool, subtitle: str = "", question: str | None = None,
+               interleaved: bool = False) -> str:
+        """The prompt text (placeholders not expanded) up to and including the second belief group."""
+        n_first, n_second = belief_split(int(has_video) + int(has_audio), self.num_belief_queries, self.injection,
+                                         self.belief_construction)
+        text = f"Subtitle: {subtitle.strip()}\n{question or self.question}" if subtitle.strip() else \
+            (question or self.question)
+        content = [{"type": "video"}] if has_video else []
+        content += [{"type": "audio"}] if has_audio and not interleaved else []
+        # The first group opens the text item, which the template puts right after the last media block.
+        content.append({"type": "text", "text": self.belief_token * n_first + text})
+        messages = [{"role": "system", "content": [{"type": "text", "text": self.system_prompt}]},
+                    {"role": "user", "content": content}]
+        prompt = self.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt + self.belief_token * n_second
+
+    def collate(self, encoded: list, padding_side: str = "right") -> BatchFeature:
+        """Pad processed samples into one batch (see [`prepare`] for the keys)."""
+        if not encoded:
+            raise ValueError("no samples to collate")
+        interleaved = [e.interleaved for e in encoded]
+        if any(interleaved) and not all(interleaved):
+            bad = encoded[interleaved.index(False)].name
+            raise ValueError(f"audio_layout='interleaved' needs every sample of a batch to have video and audio "
+                             f"(use_audio_in_video is one flag per batch); {bad} lacks one")
+        length = max(len(e.input_ids) for e in encoded)
+        data = {"input_ids": [], "attention_mask": []}
+        if encoded[0].labels is not None:
+            data["labels"] = []
+        for e in encoded:
+            pad, real = length - len(e.input_ids), len(e.input_ids)
+            rows = {"input_ids": (e.input_ids, self.tokenizer.pad_token_id), "attention_mask": ([1] * real, 0),
+                    "labels": (e.labels, -100)}
+            for key in data:
+                values, fill = rows[key]
+                data[key].append([fill] * pad + values if padding_side == "left" else values + [fill] * pad)
+        batch = {k: torch.tensor(v) for k, v in data.items()}
+        batch.update(_stack_media([e.media for e in encoded]))
+        batch["use_audio_in_video"] = all(interleaved)
+        return BatchFeature(batch)
+
+    # -- internals -------------------------------------------------------------------------------------------------
+    def _load_video(self, video, keep_ratio, fps):
+        """(frames `(T, H, W, 3)` or None, fps, file duration (s) or None, file path or None) of a sample's video."""
+        if video is None or isinstance(video, str) and not video:
+            return None, fps, None, None
+        if isinstance(video, (str, os.PathLike)):
+            clip = load_video(video, self.fps, self.frame_size, keep_ratio)
+            return clip.frames, clip.fps, clip.duration, os.fspath(video)
+        if isinstance(video, VideoClip):
+            return video.frames, video.fps, video.duration, None
+        return video[: max(1, math.ceil(len(video) * keep_ratio - 1e-9))], fps, None, None  # frames at ``fps``
+
+    def _load_audio(self, audio, video_path, video_duration, keep_ratio):
+        """Mono float32 `(N,)` at the feature extractor's rate, or None."""
+        sr = self.feature_extractor.sampling_rate
+        if audio is None or isinstance(audio, str) and not audio:
+            return None
+        if isinstance(audio, str) and audio == "video":
+            if video_path is None:
+                raise ValueError("audio='video' needs the video as a file path")
+            return load_audio(video_path, sr, keep_ratio, expected_duration=video_duration)
+        if isinstance(audio, (str, os.PathLike)):
+            return load_audio(audio, sr, keep_ratio)
+        wave_ = torch.as_tensor(audio, dtype=torch.float32).flatten()
+        return wave_[: max(1, round(len(wave_) * keep_ratio))].numpy()
+
+    def _videos_kwargs(self, fps):
+        """The stock video processor's arguments: pre-sampled frames at ``fps``, ``frame_size``^2 never upscaled."""
+        area = self.frame_size**2
+        return {"fps": fps, "do_sample_frames": False, "cap_pixels_per_frame": False,
+                "size": {"shortest_edge": min(_MIN_PIXELS, area), "longest_edge": area}}
+
+    def _media_tokens(self, frames, fps, audio):
+        """Placeholder tokens the stock processor will expand for these media: (video, audio)."""
+        video = 0
+        if frames is not None:
+            t, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
+            video = self.video_processor.get_num_of_video_patches(t, h, w, self._videos_kwargs(fps)) \
+                // self.video_processor.merge_size**2
+        return video, 0 if audio is None else int(self._get_num_audio_tokens(len(audio)))
+
+    def _fit(self, name, prompt, frames, fps, audio, interleaved, n_answer):
+        """Apply the length rule (module docstring). Returns (frames, fps, audio, prompt tokens after expansion)."""
+        n_text = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        n_text -= prompt.count(self.video_token) + prompt.count(self.audio_token)  # each placeholder is one token
+        n_text += 2 * interleaved  # the interleaved block adds <|audio_bos|> and <|audio_eos|> inside the video block
+        n_video, n_audio = self._media_tokens(frames, fps, audio)
+        total, budget = n_text + n_video + n_audio, self.max_length - n_answer
+        if total <= budget:
+            return frames, fps, audio, total
+        if frames is not None:
+            tps = self.video_processor.temporal_patch_size
+            per_grid = n_video // math.ceil(frames.shape[0] / tps)
+            keep = min(frames.shape[0], max(1, (budget - n_text - n_audio) // per_grid) * tps)
+            index = [(2 * k + 1) * frames.shape[0] // (2 * keep) for k in range(keep)]  # uniform over the clip
+            fps, frames = fps * keep / frames.shape[0], frames[index]
+            n_video = self._media_tokens(frames, fps, None)[0]
+        if audio is not None and n_text + n_video + n_audio > budget:
+            audio = self._trim_audio(audio, budget - n_text - n_video)  # None: not even one audio token fits
+            n_audio = budget + 1 if audio is None else self._media_tokens(None, fps, audio)[1]
+        if n_text + n_video + n_audio > budget:
+            raise ValueError(f"{name}: the text ({n_text} tokens) and answer ({n_answer}) with the smallest media "
+                             f"({n_video} video tokens + at least 1 audio token if any) exceed "
+                             f"max_length={self.max_length}")
+        logger.warning("%s: %d tokens exceed max_length=%d; kept %s frames (%.2f fps) and %s audio samples", name,
+                       total + n_answer, self.max_length, None if frames is None else frames.shape[0], fps,
+                       None if audio is None else len(audio))
+        return frames, fps, audio, n_text + n_video + n_audio
+
+    def _trim_audio(self, audio, budget):
+        """The longest prefix of ``audio`` (whole mel hops) with 1 to ``budget`` tokens, or None when none fits."""
+        hop = self.feature_extractor.hop_length
+        n = min(len(audio), hop * self.feature_extractor.nb_max_frames, hop * (4 * budget + 4))
+        while n > 0 and self._get_num_audio_tokens(n) > budget:  # about 4 mel frames per token
+            n -= hop
+        return audio[:n] if n > 0 and self._get_num_audio_tokens(n) >= 1 else None
+
+    def _stock(self, prompt, frames, fps, audio, interleaved):
+        """Expand the media placeholders with the stock processor; (input ids, media tensors) of one sample."""
+        kwargs = {"videos_kwargs": self._videos_kwargs(fps), "return_tensors": "pt"}
+        if audio is not None:
+            hop = self.feature_extractor.hop_length
+            max_samples = min(hop * math.ceil(len(audio) / hop), self.feature_extractor.n_samples)
+            kwargs["audio_kwargs"] = {"max_length": max_samples, "truncation": True}
+        if interleaved:
+            kwargs.update(load_audio_from_video=True, audio_from_video_indices=[0])
+        out = super().__call__(text=[prompt], videos=None if frames is None else [frames],
+                               audio=None if audio is None else [audio], **kwargs)
+        media = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
+        return out["input_ids"][0].tolist(), media
+
+
+def _stack_media(media: list) -> dict:
+    """Concatenate per-sample media tensors in sample order; audio features are right-padded to the longest."""
+    out = {}
+    for key in ("pixel_values_videos", "video_grid_thw", "video_second_per_grid"):
+        parts = [m[key] for m in media if key in m]
+        if parts:
+            out[key] = torch.cat([torch.as_tensor(p) for p in parts])
+    audio = [m for m in media if "input_features" in m]
+    if audio:
+        frames = max(m["input_features"].shape[-1] for m in audio)
+        pad = lambda x: torch.nn.functional.pad(x, (0, frames - x.shape[-1]))  # noqa: E731
+        out["input_features"] = torch.cat([pad(m["input_features"]) for m in audio])  # (A, 128, frames)
+        out["feature_attention_mask"] = torch.cat([pad(m["feature_attention_mask"]) for m in audio])  # (A, frames)
+    return out
+
+
+# ----------------------------------------------------------------------------- collator
+
+
+class AffectVerseCollator:
+    """``data_collator`` for Trainer and ``collate_fn`` for DataLoaders: rows in, one [`AffectVerseProcessor`] batch out.
+
+    Rows are dicts as ``benchmarks.data`` readers produce (``name``, ``video``, ``audio``, ``subtitle``, ``label``)
+    or samples with an ``answer``. ``audio == ""`` (or no ``audio`` key) means the video's own track, None no audio.
+    In training the answer comes from the label (``answer_from_label``). Media are loaded here, i.e. inside the
+    DataLoader worker. ``on_error="skip"`` drops samples whose media are bad (or that cannot fit ``max_length``),
+    logs a warning and appends ``(name, reason)`` to ``self.skipped`` (per worker process when ``num_workers > 0``);
+    ``"raise"`` stops at the first. A batch whose samples all fail raises ValueError.
+    """
+
+    def __init__(self, processor: AffectVerseProcessor, training: bool = True, on_error: str = "raise",
+                 keep_ratio: float = 1.0, padding_side: str | None = None):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error={on_error!r}; expected 'raise' or 'skip'")
+        self.processor, self.training, self.on_error = processor, training, on_error
+        self.keep_ratio, self.padding_side = keep_ratio, padding_side
+        self.skipped: list[tuple[str, str]] = []
+
+    def sample(self, row: dict) -> dict:
+        """The processor sample of a dataset row."""
+        video = row.get("video") or None
+        audio = row.get("audio", "")
+        audio = ("video" if video else None) if audio == "" else audio
+        sample = {"name": row.get("name"), "video": video, "audio": audio, "subtitle": row.get("subtitle") or "",
+                  "question": row.get("question")}
+        if self.training:
+            sample["answer"] = row.get("answer") or answer_from_label(row["label"])
+        return sample
+
+    def __call__(self, rows: list) -> BatchFeature:
+        encoded, failures = [], []
+        for i, row in enumerate(rows):
+            name = str(row.get("name") or row.get("video") or f"row {i}")
+            try:
+                encoded.append(self.processor.encode(self.sample(row), self.training, self.keep_ratio, i))
+            except (ValueError, KeyError) as err:  # MediaError is a ValueError
+                if self.on_error == "raise":
+                    raise
+                logger.warning("skipping %s: %s", name, err)
+                failures.append((name, str(err)))
+        self.skipped.extend(failures)
+        if not encoded:
+            raise ValueError(f"all {len(rows)} samples of the batch failed: {failures}")
+        return self.processor.collate(encoded, self.padding_side or ("right" if self.training else "left"))
+
+
+AffectVerseProcessor.register_for_auto_class()
+
+__all__ = ["AffectVerseCollator", "AffectVerseProcessor", "MediaError", "VideoClip", "answer_from_label",
+           "load_audio", "load_video", "sample_indices"]

@@ -1,0 +1,611 @@
+"""Fine-tune AffectVerse (arXiv 2605.19950, Appendix A.3): LoRA on the thinker's language model + the full EWM.
+
+``python train.py`` with no arguments runs the embedded default (``TINY_TRAINING_ARGS`` and ``TINY_DATA_ARGS`` below): a tiny random
+AffectVerse (``benchmarks/tiny.py``) on a generated set of synthetic clips (``benchmarks/clips.py``, written to
+``data/tiny_clips`` if absent), a few minutes on a CPU. A real run names a checkpoint and data:
+
+    accelerate launch --config_file configs/accelerate_deepspeed_zero2.yaml train.py \\
+        --model_name_or_path /models/Qwen2.5-Omni-7B --benchmarks mer2023,mer2024,meld,iemocap,mosi,mosei,sims,simsv2 \\
+        --data_root /data/merunibench --output_dir outputs/affectverse-7b
+
+Every other default is the paper's recipe (A.3): LoRA r=16, alpha=32, dropout 0.05 on the language model's
+q/k/v/o projections; the EWM fully trained; everything else frozen; AdamW, lr 2e-4, cosine with 3% linear
+warm-up, weight decay 0.01, 4 per device x 8 accumulation steps, 3 epochs, bf16 where the GPU has it, max length
+1024. ``python train.py --help`` lists every option. The script reads top to bottom: arguments, checks of the
+inputs (all before any training), data, model, the Trainer, training, evaluation, export.
+
+Output folder: ``run_args.json`` (what makes this run this run; a second launch with the same arguments resumes
+from the last checkpoint, different arguments are refused), ``checkpoint-N/`` (Trainer checkpoints: LoRA adapter
+and EWM weights in ``adapter_model.safetensors``, optimizer, scheduler, RNG states), the merged model at the top
+level (LoRA folded in; ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``) with the processor
+files, ``adapter/`` (LoRA + EWM weights alone, for ``PeftModel.from_pretrained``) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import HfArgumentParser, PreTrainedConfig, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import SchedulerType, get_last_checkpoint
+
+from configuration_affectverse import AffectVerseConfig
+from modeling_affectverse import AffectVerseForConditionalGeneration
+
+logger = logging.getLogger("train")
+
+# The language model's attention projections only. A plain ["q_proj", "k_proj", "v_proj", "o_proj"] would also
+# wrap the audio tower's self_attn.{q,k,v}_proj; peft full-matches this regex against module names.
+LORA_TARGET = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"
+SUPPORTED_MODEL_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker", "affectverse")
+TINY_CLIPS = "data/tiny_clips/manifest.csv"
+
+# Without --model_name_or_path the tiny preset trains with these arguments (given arguments come after, so they win),
+# and without --manifest/--benchmarks on the generated clips. The paper's 32-sample steps would leave ~2 steps per
+# epoch on ~50 training clips, hence 4 x 1 and a higher learning rate for the random tiny backbone.
+TINY_TRAINING_ARGS = [
+    "--output_dir", "outputs/affectverse-tiny", "--per_device_train_batch_size", "4",
+    "--gradient_accumulation_steps", "1", "--learning_rate", "2e-3", "--num_train_epochs", "3", "--logging_steps", "5",
+    "--eval_strategy", "epoch", "--save_strategy", "epoch", "--dataloader_num_workers", "0",
+    "--generation_eval_samples", "16",
+]
+TINY_DATA_ARGS = ["--manifest", TINY_CLIPS, "--generate_clips", "80"]
+
+
+# ----------------------------------------------------------------------------------------------------- arguments
+@dataclass
+class ModelArguments:
+    """Which model to start from, the EWM configuration and the LoRA adapter."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": (
+        "Qwen2.5-Omni checkpoint folder (full omni or thinker-only; config model_type qwen2_5_omni, "
+        "qwen2_5_omni_thinker or affectverse). Unset: the tiny random preset of benchmarks/tiny.py, built from "
+        "--seed (the embedded default).")})
+    ewm_overrides: str = field(default="", metadata={"help": (
+        "Comma-separated key=value pairs forwarded to AffectVerseConfig, e.g. "
+        "'rollout_steps=2,injection=single,imagination_loss_weight=0.5'. Any AffectVerseConfig field: "
+        + ", ".join(AffectVerseConfig.__annotations__) + ".")})
+    model_dtype: str = field(default="auto", metadata={"help": (
+        "dtype of the frozen backbone: 'auto' (bfloat16 when --bf16, else float32), 'bfloat16' or 'float32'. "
+        "Trainable parameters (LoRA, EWM) are always kept in float32.")})
+    attn_implementation: str | None = field(default=None, metadata={"help": (
+        "Attention kernel for from_pretrained ('sdpa', 'flash_attention_2', 'eager'); unset: transformers' choice.")})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank r (A.3: 16)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (A.3: 32)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (A.3: 0.05)."})
+    lora_target_modules: str = field(default=LORA_TARGET, metadata={"help": (
+        "Regex (full match on module names) of the Linear layers that get LoRA. Default: the language model's "
+        "q/k/v/o projections only; a plain name list would also wrap the audio tower.")})
+
+
+@dataclass
+class DataArguments:
+    """Where the training and evaluation samples come from and how they become batches."""
+
+    benchmarks: str = field(default="", metadata={"help": (
+        "Comma-separated MER-UniBench benchmarks read from --data_root (mer2023, mer2024, meld, iemocap, mosi, mosei, "
+        "sims, simsv2, ovmerdplus); merged with --manifest.")})
+    data_root: str | None = field(default=None, metadata={"help": "Folder holding the packaged benchmark folders."})
+    manifest: str = field(default="", metadata={"help": (
+        "Comma-separated CSV/JSONL manifests (columns video, audio, subtitle, label, split; see "
+        "benchmarks.data.load_manifest); merged with --benchmarks.")})
+    generate_clips: int = field(default=0, metadata={"help": (
+        "If > 0 and the --manifest file does not exist, first write this many synthetic clips and their manifest "
+        "there (benchmarks.clips).")})
+    train_split: str = field(default="train", metadata={"help": "Split trained on."})
+    eval_split: str = field(default="test", metadata={"help": (
+        "Held-out split for the eval loss and the generation accuracy ('none' to skip evaluation). The paper has no "
+        "model selection, so evaluating on test does not leak; use 'val' where a benchmark has one to select.")})
+    label_set: str = field(default="", metadata={"help": (
+        "Comma-separated closed label set for emotion-word samples; labels outside it are an error. Unset: each "
+        "packaged benchmark's own set (MER 6-way, MELD 7, IEMOCAP 4); for manifests, the labels of its train split.")})
+    max_length: int = field(default=1024, metadata={"help": "Maximum tokens per sample, belief tokens included (A.3)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training samples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation samples."})
+    check_media: bool = field(default=True, metadata={"help": "Fail before training if a video/audio file is missing."})
+    skip_bad_samples: bool = field(default=False, metadata={"help": (
+        "Drop samples whose media cannot be decoded (collator on_error='skip') instead of stopping.")})
+
+
+@dataclass
+class AffectVerseTrainingArguments(TrainingArguments):
+    """transformers.TrainingArguments with the paper's recipe as defaults, plus export and generation evaluation."""
+
+    output_dir: str | None = field(default="outputs/affectverse", metadata={"help": (
+        "Run folder: run_args.json, checkpoints, the merged export, adapter/ and results.json.")})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (A.3: 2e-4)."})
+    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "Learning-rate schedule (A.3: cosine)."})
+    warmup_steps: float = field(default=0.03, metadata={"help": (
+        "Linear warm-up: steps (int) or a ratio of all steps in [0, 1) (A.3: 3%%).")})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (A.3: 0.01)."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Samples per device per step (A.3: 4)."})
+    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Samples per device per eval step."})
+    gradient_accumulation_steps: int = field(default=8, metadata={"help": (
+        "Micro-batches per optimizer step (A.3: 8, 'effective batch 32 = 4 per GPU x 8'; on 8 GPUs that reading "
+        "gives 256 per step: use 1 to keep 32).")})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the merged training set (A.3: 3)."})
+    bf16: bool | None = field(default=None, metadata={"help": (
+        "bf16 mixed precision. Unset: on when a CUDA GPU supports bf16, off otherwise (CPU).")})
+    remove_unused_columns: bool = field(default=False, metadata={"help": (
+        "Must stay False: the collator needs the raw dataset columns (video, audio, subtitle, label).")})
+    logging_steps: float = field(default=10, metadata={"help": "Log loss, lm_loss, imagination_loss every N steps."})
+    save_steps: float = field(default=200, metadata={"help": "Checkpoint every N optimizer steps."})
+    save_total_limit: int | None = field(default=3, metadata={"help": "Keep at most this many checkpoints."})
+    include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": (
+        "Count input tokens (padding included) and log num_input_tokens_seen and train_tokens_per_second at every "
+        "logging step.")})
+    gradient_checkpointing_kwargs: dict[str, Any] | str | None = field(default_factory=lambda: {"use_reentrant": False},
+                                                             metadata={"help": (
+        "Passed to gradient_checkpointing_enable; non-reentrant so that LoRA on a frozen backbone gets gradients.")})
+    ddp_find_unused_parameters: bool | None = field(default=True, metadata={"help": (
+        "DDP: True because the EWM skips branches per batch (the single-modality aggregator when every sample has "
+        "both modalities, an imagination branch when a modality is absent).")})
+    dataloader_num_workers: int = field(default=4, metadata={"help": "Worker processes decoding video/audio."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers (none, tensorboard, wandb, ...)."})
+    # -- not in TrainingArguments --
+    overwrite_output_dir: bool = field(default=False, metadata={"help": (
+        "Start afresh in an --output_dir that holds another run (files there are overwritten, not deleted).")})
+    export_merged: bool = field(default=True, metadata={"help": (
+        "After training, write the merged model (LoRA folded in) and processor to --output_dir and the adapter + "
+        "EWM weights to --output_dir/adapter.")})
+    generation_eval_samples: int = field(default=64, metadata={"help": (
+        "After training, greedy-generate answers for this many held-out emotion samples and report accuracy "
+        "against the closed label set (0: skip).")})
+    generation_max_new_tokens: int = field(default=16, metadata={"help": "Token budget of each generated answer."})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()
+
+
+# The arguments that define a run (compared against an existing output folder's run_args.json). Logging,
+# saving, evaluation and export options may change between a run and its resumption.
+RUN_TRAINING_KEYS = (
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+    "max_grad_norm", "optim", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+    "max_steps", "seed", "data_seed", "bf16", "fp16",
+)
+RUN_DATA_EXCLUDED = ("check_media", "max_eval_samples", "eval_split")
+
+
+def parse_args(argv=None):
+    """(ModelArguments, DataArguments, AffectVerseTrainingArguments); the tiny preset's defaults without a model."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    if "--model_name_or_path" not in given:
+        argv = TINY_TRAINING_ARGS + ([] if given & {"--manifest", "--benchmarks"} else TINY_DATA_ARGS) + argv
+    parser = HfArgumentParser((ModelArguments, DataArguments, AffectVerseTrainingArguments), description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+# ------------------------------------------------------------------------------------------- checks of the inputs
+def parse_overrides(text: str) -> dict:
+    """``"a=1,b=x,c=true"`` -> ``{"a": 1, "b": "x", "c": True}``, keys checked against AffectVerseConfig."""
+    overrides = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"--ewm_overrides: {item!r} is not key=value")
+        if key not in AffectVerseConfig.__annotations__:
+            raise ValueError(f"--ewm_overrides: unknown AffectVerseConfig field {key!r}; known: "
+                             f"{', '.join(AffectVerseConfig.__annotations__)}")
+        try:
+            overrides[key] = json.loads(value.strip())
+        except json.JSONDecodeError:
+            overrides[key] = value.strip()
+        kind = type(getattr(AffectVerseConfig, key))
+        if kind is float and isinstance(overrides[key], int) and not isinstance(overrides[key], bool):
+            overrides[key] = float(overrides[key])
+        if not isinstance(overrides[key], kind):
+            raise ValueError(f"--ewm_overrides: {key}={value!r} is not a {kind.__name__}")
+    AffectVerseConfig(**overrides)  # the config's own checks (choices, ranges) before anything is loaded
+    return overrides
+
+
+def check_checkpoint(path: str) -> str:
+    """The checkpoint's model_type; a clear error for a folder that is not a Qwen2.5-Omni/AffectVerse model."""
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(path)
+    except OSError as err:
+        raise ValueError(f"--model_name_or_path {path!r}: no readable config.json ({err})") from None
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"--model_name_or_path {path!r} is a {model_type!r} checkpoint; AffectVerse fine-tunes "
+                         f"Qwen2.5-Omni (config model_type one of {SUPPORTED_MODEL_TYPES})")
+    return model_type
+
+
+def run_record(model_args, data_args, training_args) -> dict:
+    """What defines this run, as written to run_args.json."""
+    data = {k: v for k, v in asdict(data_args).items() if k not in RUN_DATA_EXCLUDED}
+    train = {k: getattr(training_args, k) for k in RUN_TRAINING_KEYS}
+    return json.loads(json.dumps({"model": asdict(model_args), "data": data, "training": train}, default=str))
+
+
+def check_output_dir(training_args, record: dict) -> str | None:
+    """Refuse an output folder holding another run; return the checkpoint to resume from (None: start afresh)."""
+    out = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    if not out.is_dir() or not any(out.iterdir()) or training_args.overwrite_output_dir:
+        if resume not in (None, "", "False", "false"):
+            return _resume_path(out, resume)
+        return None
+    saved = out / "run_args.json"
+    if not saved.is_file():
+        raise ValueError(f"--output_dir {out} is not empty and holds no run_args.json (not a train.py run); choose "
+                         "another folder or pass --overwrite_output_dir")
+    old = json.loads(saved.read_text())
+    diffs = [f"{group}.{key}: {old.get(group, {}).get(key)!r} -> {value!r}"
+             for group, values in record.items() for key, value in values.items()
+             if old.get(group, {}).get(key) != value]
+    if diffs:
+        raise ValueError(f"--output_dir {out} holds a different run ({'; '.join(diffs)}); choose another folder, "
+                         "pass the same arguments to resume it, or --overwrite_output_dir")
+    if resume in ("False", "false"):
+        return None
+    return _resume_path(out, resume)
+
+
+def _resume_path(out: Path, resume) -> str | None:
+    """An explicit --resume_from_checkpoint folder, or the last checkpoint of this run (auto-resume)."""
+    if resume not in (None, "", "True", "true", True):
+        if not Path(resume).is_dir():
+            raise ValueError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+        return str(resume)
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if last is None and resume in ("True", "true", True):
+        raise ValueError(f"--resume_from_checkpoint: {out} holds no checkpoint-N folder to resume from")
+    return last
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+def closed_label_set(benchmark: str, data_args, train_labels: set[str]) -> tuple[str, ...]:
+    """The label set emotion-word samples of ``benchmark`` must use."""
+    from benchmarks.score import BENCHMARKS as SCORED
+
+    if data_args.label_set:
+        return tuple(s.strip().lower() for s in data_args.label_set.split(",") if s.strip())
+    if benchmark in SCORED and SCORED[benchmark].label_set:
+        return SCORED[benchmark].label_set
+    return tuple(sorted(train_labels))
+
+
+def check_labels(train, evaluation, data_args) -> dict[str, tuple[str, ...]]:
+    """Every emotion-word label must be in its benchmark's closed set; returns {benchmark: label set}."""
+    from benchmarks.data import decode_label
+    from benchmarks.scoring import map_to_label_set
+
+    seen = {}  # benchmark -> [(split, label, name)]
+    for split, ds in (("train", train), ("eval", evaluation)):
+        for bench, task, label, name in zip(*(ds[c] for c in ("benchmark", "task", "label", "name"))) if ds else ():
+            if task == "emotion":
+                seen.setdefault(bench, []).append((split, str(decode_label(label)).lower().strip(), name))
+    sets, problems = {}, []
+    for bench, items in seen.items():
+        label_set = closed_label_set(bench, data_args, {label for split, label, _ in items if split == "train"})
+        sets[bench] = label_set
+        unknown = {}
+        for split, label, name in items:
+            if map_to_label_set([label], label_set) is None:
+                unknown.setdefault((split, label), []).append(name)
+        problems += [f"{bench} {split}: {label!r} x{len(names)} (e.g. {names[0]}); expected one of {list(label_set)}"
+                     for (split, label), names in unknown.items()]
+    if problems:
+        raise ValueError("unknown labels for closed-set data (declare the set with --label_set):\n  "
+                         + "\n  ".join(problems))
+    return sets
+
+
+def load_split(data_args, split: str):
+    """The merged dataset of all sources for ``split``; a clear error when a source gives nothing."""
+    from benchmarks.data import load_benchmark, load_manifest, merge_benchmarks
+
+    parts = []
+    for path in filter(None, (p.strip() for p in data_args.manifest.split(","))):
+        ds = load_manifest(path, split=split, check_media=data_args.check_media)
+        parts.append((path, ds))
+    names = [n.strip() for n in data_args.benchmarks.split(",") if n.strip()]
+    if names and not data_args.data_root:
+        raise ValueError("--benchmarks needs --data_root (the folder holding the packaged benchmarks)")
+    for name in names:
+        try:
+            ds = load_benchmark(name, data_args.data_root, split, check_media=data_args.check_media)
+        except ValueError as err:  # a benchmark without this split (e.g. no val): skip it, say so
+            if "has no split" not in str(err):
+                raise
+            logger.warning("%s", err)
+            continue
+        parts.append((name, ds))
+    if not parts:
+        raise ValueError("no data: give --manifest FILE[,FILE] and/or --benchmarks NAMES --data_root DIR")
+    empty = [source for source, ds in parts if len(ds) == 0]
+    if empty:
+        raise ValueError(f"split {split!r} is empty in: {', '.join(empty)}")
+    return merge_benchmarks([ds for _, ds in parts])
+
+
+def load_data(data_args):
+    """(train, eval or None, label sets); all data errors surface here, before any model is loaded."""
+    manifest = data_args.manifest.split(",")[0].strip()
+    if data_args.generate_clips > 0 and manifest and not Path(manifest).exists():
+        from benchmarks.clips import generate_clips
+
+        logger.info("generating %d synthetic clips into %s", data_args.generate_clips, Path(manifest).parent)
+        generate_clips(Path(manifest).parent, n_clips=data_args.generate_clips, seed=0)
+    train = load_split(data_args, data_args.train_split)
+    evaluation = None if data_args.eval_split.lower() == "none" else load_split(data_args, data_args.eval_split)
+    if data_args.max_train_samples:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if evaluation is not None and data_args.max_eval_samples:
+        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    return train, evaluation, check_labels(train, evaluation, data_args)
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+def load_model(model_args, data_args, training_args):
+    """(AffectVerse model, processor): the tiny random preset or a Qwen2.5-Omni / AffectVerse checkpoint.
+
+    The processor takes its belief settings (N_b, injection, construction) from the model's config, so EWM overrides
+    reach both, and ``max_length`` from the data arguments.
+    """
+    from processing_affectverse import AffectVerseProcessor
+
+    overrides = parse_overrides(model_args.ewm_overrides)
+    if model_args.model_name_or_path is None:
+        from benchmarks.tiny import tiny_config, tiny_processor
+
+        set_seed(training_args.seed)  # the random backbone is a function of the seed (resuming rebuilds it)
+        model, base_processor = AffectVerseForConditionalGeneration(tiny_config(**overrides)), tiny_processor()
+    else:
+        dtype = model_args.model_dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if training_args.bf16 else "float32"
+        kwargs = {"dtype": getattr(torch, dtype)}
+        if model_args.attn_implementation:
+            kwargs["attn_implementation"] = model_args.attn_implementation
+        path = model_args.model_name_or_path
+        model = AffectVerseForConditionalGeneration.from_pretrained(path, **kwargs, **overrides)
+        base_processor = AffectVerseProcessor.from_pretrained(path)
+    processor = AffectVerseProcessor.from_model_config(model.config, base_processor, max_length=data_args.max_length)
+    return model, processor
+
+
+def add_lora(model, model_args):
+    """Wrap ``model`` with LoRA on ``lora_target_modules``; the EWM is trained in full through modules_to_save.
+
+    ``modules_to_save=["ewm"]`` rather than ``requires_grad_(True)``: peft then saves the EWM with the adapter
+    (every Trainer checkpoint and the ``adapter/`` export hold it, and resuming restores it), and
+    ``merge_and_unload`` puts the trained copy back in place.
+    """
+    config = LoraConfig(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        modules_to_save=["ewm"] if model.ewm is not None else None,
+    )
+    model = get_peft_model(model, config)
+    for param in model.parameters():  # bf16 backbone: keep the optimised weights in fp32
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
+# -------------------------------------------------------------------------------------------------------- trainer
+class AffectVerseTrainer(Trainer):
+    """Trainer that logs L_lm, L_img and the per-step imagination cosine next to the total loss.
+
+    The model's ``loss`` is already L_lm + lambda * L_img (Eq. 10) and a per-batch mean; the model declares
+    ``accepts_loss_kwargs = False`` so Trainer divides it by the accumulation steps. The extra terms are summed
+    over every training micro-batch since the last log, summed across processes and divided by the micro-batch
+    count, so they average exactly like Trainer's ``loss``. At evaluation they are dropped (``EVAL_IGNORE_KEYS``)
+    and never reach ``compute_metrics``; the eval loss is L_lm at inference conditions (kappa = 1, no dropout).
+    """
+
+    EVAL_IGNORE_KEYS = ("lm_loss", "imagination_loss", "imagination_cosine", "belief_attention", "cache",
+                        "hidden_states", "labels")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        steps = self.accelerator.unwrap_model(self.model).config.rollout_steps
+        # [micro-batches, sum lm_loss, n with L_img, sum L_img, n with cosine, sum cosine per step (S)]
+        self._sums = torch.zeros(5 + steps, dtype=torch.float64, device=self.args.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        training = model.training
+        if training:
+            inputs = {**inputs, "output_imagination": True}
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if training:
+            self._accumulate(outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _accumulate(self, outputs):
+        sums = self._sums
+        sums[0] += 1
+        sums[1] += outputs.lm_loss.detach().double()
+        if outputs.imagination_loss is not None:
+            sums[2] += 1
+            sums[3] += outputs.imagination_loss.detach().double()
+        if outputs.imagination_cosine is not None:
+            sums[4] += 1
+            sums[5:] += outputs.imagination_cosine.detach().double()
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:  # a training log: every process gets here at the same step
+            sums = self.accelerator.reduce(self._sums.clone(), reduction="sum")
+            self._sums.zero_()
+            n, n_img, n_cos = sums[0].item(), sums[2].item(), sums[4].item()
+            if n:
+                logs["lm_loss"] = round(sums[1].item() / n, 6)
+            if n_img:
+                logs["imagination_loss"] = round(sums[3].item() / n_img, 6)
+            if n_cos:
+                for step, value in enumerate(sums[5:].tolist(), 1):
+                    logs[f"imagination_cosine_s{step}"] = round(value / n_cos, 6)
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        ignore = list(self.EVAL_IGNORE_KEYS) + list(ignore_keys or [])
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore)
+
+
+# --------------------------------------------------------------------------------------------- evaluation, export
+@torch.no_grad()
+def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, max_new_tokens: int,
+                        batch_size: int = 4) -> dict | None:
+    """Greedy answers for the first ``n_samples`` held-out emotion samples, mapped onto their closed label set."""
+    from processing_affectverse import AffectVerseCollator
+
+    from benchmarks.data import decode_label
+    from benchmarks.scoring import extract_labels, map_to_label_set
+
+    rows = [r for r in dataset if r["task"] == "emotion" and r["benchmark"] in label_sets][:n_samples]
+    if not rows:
+        return None
+    collate = AffectVerseCollator(processor, training=False)
+    model.eval()
+    device = next(model.parameters()).device
+    correct, examples = 0, []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(chunk).items()}
+        tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        answers = processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        for row, answer in zip(chunk, answers):
+            label_set = label_sets[row["benchmark"]]
+            truth = map_to_label_set([str(decode_label(row["label"])).lower()], label_set)
+            guess = map_to_label_set(extract_labels(answer), label_set)
+            correct += guess == truth
+            examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess})
+    return {"accuracy": correct / len(rows), "n": len(rows), "examples": examples[:8]}
+
+
+def register_auto_classes():
+    """save_pretrained then copies the remote code and writes auto_map (trust_remote_code loading)."""
+    AffectVerseConfig.register_for_auto_class()
+    AffectVerseForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
+
+
+def export(trainer, processor, model_args, data_args, out: Path):
+    """Write the adapter + EWM weights to out/adapter and the merged model + processor to out.
+
+    Returns the merged model on the main process (None elsewhere). Merging folds LoRA into the trainer's model in
+    place: call it after training.
+    """
+    trainer.save_model(str(out / "adapter"))  # gathers sharded (FSDP/ZeRO) weights; the main process writes
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return None
+    if trainer.is_fsdp_enabled:  # parameters are sharded: rebuild from the saved adapter on the CPU
+        base, _ = load_model(model_args, data_args, trainer.args)
+        model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    else:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+    merged = model.merge_and_unload()
+    register_auto_classes()
+    merged.save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------------------- main
+def main(argv=None):
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    t0 = time.time()
+
+    # 1. Inputs, all checked before anything heavy is loaded.
+    if model_args.model_name_or_path is not None:
+        check_checkpoint(model_args.model_name_or_path)
+    parse_overrides(model_args.ewm_overrides)
+    record = run_record(model_args, data_args, training_args)
+    resume = check_output_dir(training_args, record)
+    with training_args.main_process_first(desc="data"):
+        train_ds, eval_ds, label_sets = load_data(data_args)
+    logger.info("data: %d train / %s eval samples; closed label sets %s", len(train_ds),
+                len(eval_ds) if eval_ds is not None else 0, label_sets)
+
+    # 2. Model: AffectVerse + LoRA on the language model's q/k/v/o + the full EWM; the rest frozen.
+    model, processor = load_model(model_args, data_args, training_args)
+    if training_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs)
+        model.enable_input_require_grads()
+    model = add_lora(model, model_args)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+
+    # 3. Train.
+    from processing_affectverse import AffectVerseCollator
+
+    collator = AffectVerseCollator(processor, training=True,
+                                   on_error="skip" if data_args.skip_bad_samples else "raise")
+    trainer = AffectVerseTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                 data_collator=collator, processing_class=processor)
+    out = Path(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_args.json").write_text(json.dumps(record, indent=2) + "\n")
+    if resume:
+        logger.info("resuming from %s", resume)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    results = {"train": train_result.metrics}
+
+    # 4. Evaluate: eval loss on the held-out split, then a quick generation accuracy.
+    if eval_ds is not None:
+        results["eval"] = trainer.evaluate()
+
+    # 5. Export the merged model, the processor and the adapter; then generation accuracy on the merged model.
+    merged = export(trainer, processor, model_args, data_args, out) if training_args.export_merged else None
+    if eval_ds is not None and training_args.generation_eval_samples > 0 and trainer.is_world_process_zero():
+        model = merged if merged is not None else trainer.accelerator.unwrap_model(trainer.model)
+        results["generation"] = generation_accuracy(model, processor, eval_ds, label_sets,
+                                                    training_args.generation_eval_samples,
+                                                    training_args.generation_max_new_tokens,
+                                                    training_args.per_device_eval_batch_size)
+    if trainer.is_world_process_zero():
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        summarize(results, model_args, data_args, training_args, out, time.time() - t0, len(train_ds), eval_ds)
+    return results
+
+
+def summarize(results, model_args, data_args, training_args, out: Path, seconds: float, n_train: int, eval_ds):
+    """Print what the run did and where it wrote."""
+    source = model_args.model_name_or_path or "the tiny random preset (benchmarks/tiny.py)"
+    data = ", ".join(filter(None, [data_args.manifest, data_args.benchmarks]))
+    train, lines = results["train"], []
+    lines.append(f"Trained AffectVerse from {source} on {n_train} samples ({data}) for "
+                 f"{training_args.num_train_epochs:g} epochs in {seconds / 60:.1f} min: train loss "
+                 f"{train.get('train_loss', float('nan')):.4f}.")
+    if "eval" in results:
+        lines.append(f"Held-out {data_args.eval_split} split ({len(eval_ds)} samples): eval loss "
+                     f"{results['eval'].get('eval_loss', float('nan')):.4f}.")
+    gen = results.get("generation")
+    if gen:
+        lines.append(f"Greedy-generation accuracy on {gen['n']} held-out samples: {gen['accuracy']:.3f}.")
+    lines.append(f"Wrote to {out.resolve()}:")
+    if training_args.export_merged:
+        lines.append("  merged model + processor (AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True))")
+        lines.append(f"  {out / 'adapter'}: LoRA adapter + EWM weights (PeftModel.from_pretrained)")
+    lines.append(f"  checkpoints: {', '.join(sorted(p.name for p in out.glob('checkpoint-*'))) or 'none'}; "
+                 "results.json, run_args.json")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
