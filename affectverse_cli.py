@@ -183,7 +183,6 @@ class Predictor:
         self.model, self.processor, self.max_new_tokens = model, processor, max_new_tokens
         self.sentiment, self.explain = sentiment, explain
         self.collator = AffectVerseCollator(processor, training=False, on_error="skip")
-        self.device, self.dtype = model.device, model.dtype
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         """Records for ``rows`` (``name`` is the clip path); a batch that fails as a whole is retried clip by clip."""
@@ -234,11 +233,9 @@ class Predictor:
 
     def _to_device(self, batch):
         """Move the batch; only the encoders' inputs take the model's dtype (positions stay float32)."""
-        batch = batch.to(self.device)
-        for key in ("pixel_values_videos", "pixel_values", "input_features"):
-            if key in batch:
-                batch[key] = batch[key].to(self.dtype)
-        return batch
+        from benchmarks.run import to_device
+
+        return to_device(batch, self.model)
 
     @staticmethod
     def _record(row, **fields) -> dict:
