@@ -1,8 +1,8 @@
 """Fine-tune AffectVerse (arXiv 2605.19950, Appendix A.3): LoRA on the thinker's language model + the full EWM.
 
-``python train.py`` with no arguments runs the embedded default (``TINY_TRAINING_ARGS`` and ``TINY_DATA_ARGS`` below): a tiny random
-AffectVerse (``benchmarks/tiny.py``) on a generated set of synthetic clips (``benchmarks/clips.py``, written to
-``data/tiny_clips`` if absent), a few minutes on a CPU. A real run names a checkpoint and data:
+``python train.py`` with no arguments runs the embedded default (``TINY_TRAINING_ARGS``, ``TINY_DATA_ARGS`` below):
+a tiny random AffectVerse (``benchmarks/tiny.py``) on synthetic clips (``benchmarks/clips.py``, generated into
+``data/tiny_clips`` if absent), under a minute on an idle 2-core CPU. A real run names a checkpoint and data:
 
     accelerate launch --config_file configs/accelerate_deepspeed_zero2.yaml train.py \\
         --model_name_or_path /models/Qwen2.5-Omni-7B --benchmarks mer2023,mer2024,meld,iemocap,mosi,mosei,sims,simsv2 \\
@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +50,16 @@ SUPPORTED_MODEL_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker", "affectverse")
 TINY_CLIPS = "data/tiny_clips/manifest.csv"
 
 # Without --model_name_or_path the tiny preset trains with these arguments (given arguments come after, so they win),
-# and without --manifest/--benchmarks on the generated clips. The paper's 32-sample steps would leave ~2 steps per
-# epoch on ~50 training clips, hence 4 x 1 and a higher learning rate for the random tiny backbone.
+# and without --manifest/--benchmarks on the generated clips (84 train / 12 val / 24 test). The paper's 32-sample
+# steps would leave ~3 steps per epoch here, hence 4 x 1 and a higher learning rate for the random tiny backbone.
 TINY_TRAINING_ARGS = [
     "--output_dir", "outputs/affectverse-tiny", "--per_device_train_batch_size", "4",
-    "--gradient_accumulation_steps", "1", "--learning_rate", "2e-3", "--num_train_epochs", "3", "--logging_steps", "5",
+    "--gradient_accumulation_steps", "1", "--learning_rate", "5e-3", "--num_train_epochs", "4", "--logging_steps", "5",
     "--eval_strategy", "epoch", "--save_strategy", "epoch", "--dataloader_num_workers", "0",
+    "--dataloader_pin_memory", "false",
     "--generation_eval_samples", "16",
 ]
-TINY_DATA_ARGS = ["--manifest", TINY_CLIPS, "--generate_clips", "80"]
+TINY_DATA_ARGS = ["--manifest", TINY_CLIPS, "--generate_clips", "120"]
 
 
 # ----------------------------------------------------------------------------------------------------- arguments
@@ -87,6 +86,10 @@ class ModelArguments:
     lora_target_modules: str = field(default=LORA_TARGET, metadata={"help": (
         "Regex (full match on module names) of the Linear layers that get LoRA. Default: the language model's "
         "q/k/v/o projections only; a plain name list would also wrap the audio tower.")})
+
+    def __post_init__(self):
+        if self.model_dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(f"--model_dtype {self.model_dtype!r}; expected auto, bfloat16 or float32")
 
 
 @dataclass
@@ -125,7 +128,8 @@ class AffectVerseTrainingArguments(TrainingArguments):
     output_dir: str | None = field(default="outputs/affectverse", metadata={"help": (
         "Run folder: run_args.json, checkpoints, the merged export, adapter/ and results.json.")})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (A.3: 2e-4)."})
-    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "Learning-rate schedule (A.3: cosine)."})
+    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": (
+        "Learning-rate schedule (A.3: cosine).")})
     warmup_steps: float = field(default=0.03, metadata={"help": (
         "Linear warm-up: steps (int) or a ratio of all steps in [0, 1) (A.3: 3%%).")})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (A.3: 0.01)."})
@@ -145,14 +149,16 @@ class AffectVerseTrainingArguments(TrainingArguments):
     include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": (
         "Count input tokens (padding included) and log num_input_tokens_seen and train_tokens_per_second at every "
         "logging step.")})
-    gradient_checkpointing_kwargs: dict[str, Any] | str | None = field(default_factory=lambda: {"use_reentrant": False},
-                                                             metadata={"help": (
-        "Passed to gradient_checkpointing_enable; non-reentrant so that LoRA on a frozen backbone gets gradients.")})
+    activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
+        default_factory=lambda: {"use_reentrant": False}, metadata={"help": (
+            "Options of --activation_checkpointing (alias --gradient_checkpointing, off by default); non-reentrant so "
+            "LoRA on a frozen backbone gets gradients without enable_input_require_grads.")})
     ddp_find_unused_parameters: bool | None = field(default=True, metadata={"help": (
         "DDP: True because the EWM skips branches per batch (the single-modality aggregator when every sample has "
         "both modalities, an imagination branch when a modality is absent).")})
     dataloader_num_workers: int = field(default=4, metadata={"help": "Worker processes decoding video/audio."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers (none, tensorboard, wandb, ...)."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": (
+        "Experiment trackers (none, tensorboard, wandb, ...).")})
     # -- not in TrainingArguments --
     overwrite_output_dir: bool = field(default=False, metadata={"help": (
         "Start afresh in an --output_dir that holds another run (files there are overwritten, not deleted).")})
@@ -167,6 +173,9 @@ class AffectVerseTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if self.label_smoothing_factor:  # Trainer would pop the labels: no truncation, no L_img, misaligned logits
+            raise ValueError("--label_smoothing_factor is not supported: AffectVerse's forward computes its own loss "
+                             "(L_lm + lambda * L_img) from the labels")
         super().__post_init__()
 
 
@@ -218,6 +227,8 @@ def parse_overrides(text: str) -> dict:
 
 def check_checkpoint(path: str) -> str:
     """The checkpoint's model_type; a clear error for a folder that is not a Qwen2.5-Omni/AffectVerse model."""
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise ValueError(f"--model_name_or_path {path!r}: no config.json in this folder (not a model checkpoint)")
     try:
         config, _ = PreTrainedConfig.get_config_dict(path)
     except OSError as err:
@@ -237,13 +248,16 @@ def run_record(model_args, data_args, training_args) -> dict:
 
 
 def check_output_dir(training_args, record: dict) -> str | None:
-    """Refuse an output folder holding another run; return the checkpoint to resume from (None: start afresh)."""
-    out = Path(training_args.output_dir)
-    resume = training_args.resume_from_checkpoint
-    if not out.is_dir() or not any(out.iterdir()) or training_args.overwrite_output_dir:
-        if resume not in (None, "", "False", "false"):
-            return _resume_path(out, resume)
-        return None
+    """Refuse an output folder holding another run; return the checkpoint to resume from (None: start afresh).
+
+    The same run resumes from ``--resume_from_checkpoint`` if given, else from its last ``checkpoint-N``.
+    """
+    out, resume = Path(training_args.output_dir), training_args.resume_from_checkpoint
+    if resume and not Path(resume).is_dir():
+        raise ValueError(f"--resume_from_checkpoint {resume}: no such checkpoint folder (the last checkpoint of the "
+                         "same run in --output_dir is resumed without it)")
+    if training_args.overwrite_output_dir or not out.is_dir() or not any(out.iterdir()):
+        return resume or None
     saved = out / "run_args.json"
     if not saved.is_file():
         raise ValueError(f"--output_dir {out} is not empty and holds no run_args.json (not a train.py run); choose "
@@ -255,21 +269,7 @@ def check_output_dir(training_args, record: dict) -> str | None:
     if diffs:
         raise ValueError(f"--output_dir {out} holds a different run ({'; '.join(diffs)}); choose another folder, "
                          "pass the same arguments to resume it, or --overwrite_output_dir")
-    if resume in ("False", "false"):
-        return None
-    return _resume_path(out, resume)
-
-
-def _resume_path(out: Path, resume) -> str | None:
-    """An explicit --resume_from_checkpoint folder, or the last checkpoint of this run (auto-resume)."""
-    if resume not in (None, "", "True", "true", True):
-        if not Path(resume).is_dir():
-            raise ValueError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
-        return str(resume)
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if last is None and resume in ("True", "true", True):
-        raise ValueError(f"--resume_from_checkpoint: {out} holds no checkpoint-N folder to resume from")
-    return last
+    return resume or get_last_checkpoint(str(out))
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -291,7 +291,8 @@ def check_labels(train, evaluation, data_args) -> dict[str, tuple[str, ...]]:
 
     seen = {}  # benchmark -> [(split, label, name)]
     for split, ds in (("train", train), ("eval", evaluation)):
-        for bench, task, label, name in zip(*(ds[c] for c in ("benchmark", "task", "label", "name"))) if ds else ():
+        columns = (ds[c] for c in ("benchmark", "task", "label", "name")) if ds is not None else ((),)
+        for bench, task, label, name in zip(*columns):
             if task == "emotion":
                 seen.setdefault(bench, []).append((split, str(decode_label(label)).lower().strip(), name))
     sets, problems = {}, []
@@ -314,7 +315,7 @@ def load_split(data_args, split: str):
     """The merged dataset of all sources for ``split``; a clear error when a source gives nothing."""
     from benchmarks.data import load_benchmark, load_manifest, merge_benchmarks
 
-    parts = []
+    parts, skipped = [], []
     for path in filter(None, (p.strip() for p in data_args.manifest.split(","))):
         ds = load_manifest(path, split=split, check_media=data_args.check_media)
         parts.append((path, ds))
@@ -328,8 +329,11 @@ def load_split(data_args, split: str):
             if "has no split" not in str(err):
                 raise
             logger.warning("%s", err)
+            skipped.append(name)
             continue
         parts.append((name, ds))
+    if not parts and skipped:
+        raise ValueError(f"split {split!r}: none of {skipped} has it")
     if not parts:
         raise ValueError("no data: give --manifest FILE[,FILE] and/or --benchmarks NAMES --data_root DIR")
     empty = [source for source, ds in parts if len(ds) == 0]
@@ -494,12 +498,6 @@ def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, m
     return {"accuracy": correct / len(rows), "n": len(rows), "examples": examples[:8]}
 
 
-def register_auto_classes():
-    """save_pretrained then copies the remote code and writes auto_map (trust_remote_code loading)."""
-    AffectVerseConfig.register_for_auto_class()
-    AffectVerseForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
-
-
 def export(trainer, processor, model_args, data_args, out: Path):
     """Write the adapter + EWM weights to out/adapter and the merged model + processor to out.
 
@@ -516,8 +514,7 @@ def export(trainer, processor, model_args, data_args, out: Path):
     else:
         model = trainer.accelerator.unwrap_model(trainer.model)
     merged = model.merge_and_unload()
-    register_auto_classes()
-    merged.save_pretrained(str(out))
+    merged.save_pretrained(str(out))  # the classes register for auto classes: code files and auto_map come along
     processor.save_pretrained(str(out))
     return merged
 
@@ -542,9 +539,6 @@ def main(argv=None):
 
     # 2. Model: AffectVerse + LoRA on the language model's q/k/v/o + the full EWM; the rest frozen.
     model, processor = load_model(model_args, data_args, training_args)
-    if training_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs)
-        model.enable_input_require_grads()
     model = add_lora(model, model_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -580,29 +574,34 @@ def main(argv=None):
                                                     training_args.per_device_eval_batch_size)
     if trainer.is_world_process_zero():
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-        summarize(results, model_args, data_args, training_args, out, time.time() - t0, len(train_ds), eval_ds)
+        summarize(results, model_args, data_args, trainer.state, out, time.time() - t0, len(train_ds), eval_ds,
+                  training_args.export_merged)
     return results
 
 
-def summarize(results, model_args, data_args, training_args, out: Path, seconds: float, n_train: int, eval_ds):
+def summarize(results, model_args, data_args, state, out: Path, seconds: float, n_train: int, eval_ds,
+              exported: bool):
     """Print what the run did and where it wrote."""
     source = model_args.model_name_or_path or "the tiny random preset (benchmarks/tiny.py)"
     data = ", ".join(filter(None, [data_args.manifest, data_args.benchmarks]))
     train, lines = results["train"], []
-    lines.append(f"Trained AffectVerse from {source} on {n_train} samples ({data}) for "
-                 f"{training_args.num_train_epochs:g} epochs in {seconds / 60:.1f} min: train loss "
+    lines.append(f"Trained AffectVerse from {source} on {n_train} samples ({data}) for {state.global_step} steps "
+                 f"({state.epoch or 0:.3g} epochs) in {seconds / 60:.1f} min: train loss "
                  f"{train.get('train_loss', float('nan')):.4f}.")
     if "eval" in results:
         lines.append(f"Held-out {data_args.eval_split} split ({len(eval_ds)} samples): eval loss "
                      f"{results['eval'].get('eval_loss', float('nan')):.4f}.")
     gen = results.get("generation")
     if gen:
-        lines.append(f"Greedy-generation accuracy on {gen['n']} held-out samples: {gen['accuracy']:.3f}.")
+        lines.append(f"Greedy-generation accuracy on {gen['n']} held-out samples: {gen['accuracy']:.3f}"
+                     + (" (the tiny backbone is random and frozen: this run checks the pipeline, not accuracy)."
+                        if model_args.model_name_or_path is None else "."))
     lines.append(f"Wrote to {out.resolve()}:")
-    if training_args.export_merged:
+    if exported:
         lines.append("  merged model + processor (AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True))")
         lines.append(f"  {out / 'adapter'}: LoRA adapter + EWM weights (PeftModel.from_pretrained)")
-    lines.append(f"  checkpoints: {', '.join(sorted(p.name for p in out.glob('checkpoint-*'))) or 'none'}; "
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    lines.append(f"  checkpoints: {', '.join(p.name for p in checkpoints) or 'none'}; "
                  "results.json, run_args.json")
     print("\n".join(lines))
 

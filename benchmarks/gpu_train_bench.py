@@ -1,7 +1,8 @@
 """AffectVerse vs the LoRA-only thinker at 7B dimensions: step time, tokens/s, peak memory and MFU on one GPU.
 
 ``python -m benchmarks.gpu_train_bench`` builds ``AffectVerseConfig()`` (Qwen2.5-Omni-7B thinker dimensions, the
-paper's EWM) with random weights directly on the GPU in bf16 (no checkpoint needed), LoRA r=16 on the language
+paper's EWM; the vision tower at the released width, see ``RELEASED_VISION``) with random weights directly on the GPU
+in bf16 (no checkpoint needed), LoRA r=16 on the language
 model's q/k/v/o, the EWM trainable in fp32, and times forward + backward + AdamW under bf16 autocast for a batch of
 4 samples x 1024 tokens (video 224x224, audio, subtitle-length text, an answer), the two models alternating step by
 step as in ``benchmarks/train_bench.py``. About 3 minutes on one H100 (mostly building the random 8.9B model);
@@ -26,6 +27,10 @@ import torch
 from benchmarks.train_bench import Runner, SampleShape, build_pair, compare, print_table, strip_beliefs, synthetic_batch
 from configuration_affectverse import AffectVerseConfig
 
+# transformers' Qwen2.5-Omni vision defaults are 3584 wide (a 3.1B-parameter tower); the released checkpoint's vision
+# tower is 1280 wide (0.67B; 8.9B parameters in the whole thinker), so the benchmark sets the released width.
+RELEASED_VISION = {"hidden_size": 1280}
+
 
 def fit_shape(config, seq_len: int, video_grids: int, grid_hw: int, audio_frames: int, answer: int) -> SampleShape:
     """A SampleShape whose text length brings one sample (belief tokens included) to ``seq_len`` tokens."""
@@ -37,10 +42,8 @@ def fit_shape(config, seq_len: int, video_grids: int, grid_hw: int, audio_frames
     return probe
 
 
-def count_flops(model, batch: dict, with_prefix_pass: bool) -> float:
-    """Training FLOPs of one step (see the module docstring)."""
-    thinker = model.model if hasattr(model, "model") and hasattr(model.model, "language_model") else \
-        model.base_model.model.model
+def count_flops(thinker, config, batch: dict, with_prefix_pass: bool) -> float:
+    """Training FLOPs of one step (see the module docstring); ``thinker`` is the Qwen2_5OmniThinkerModel."""
     lm = thinker.language_model
     cfg = lm.config
     layers_params = sum(p.numel() for n, p in lm.named_parameters() if "lora_" not in n and "embed_tokens" not in n)
@@ -53,7 +56,7 @@ def count_flops(model, batch: dict, with_prefix_pass: bool) -> float:
         fwd = 2 * layers_params * t + 2 * cfg.num_hidden_layers * t * t * cfg.hidden_size + 2 * head * t
         flops += 2 * fwd  # forward + input-gradient backward
         if with_prefix_pass:
-            media = (row == model.config.video_token_id) | (row == model.config.audio_token_id)
+            media = (row == config.video_token_id) | (row == config.audio_token_id)
             p = int(media.nonzero().max()) + 1 if media.any() else 0
             flops += 2 * layers_params * p + 2 * cfg.num_hidden_layers * p * p * cfg.hidden_size
     vis = sum(p.numel() for p in thinker.visual.parameters())
@@ -86,7 +89,7 @@ def main(argv=None):
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run with --tiny for the CPU smoke test")
-        config, device, dtype = AffectVerseConfig(), torch.device("cuda"), torch.bfloat16
+        config, device, dtype = AffectVerseConfig(vision_config=RELEASED_VISION), torch.device("cuda"), torch.bfloat16
         seq_len, steps, warmup, video_grids, audio_frames = args.seq_len, args.steps, args.warmup, args.video_grids, \
             args.audio_frames
     torch.manual_seed(0)
@@ -107,15 +110,16 @@ def main(argv=None):
     batch["input_features"] = batch["input_features"].to(dtype)
     plain = strip_beliefs(batch, config.belief_token_id, config.text_config.pad_token_id or 0)
     autocast = device.type == "cuda" and dtype == torch.bfloat16
-    runners = [Runner("AffectVerse (LoRA + EWM)", affectverse, batch, affectverse, autocast=autocast),
-               Runner("thinker (LoRA only)", thinker, plain, thinker, autocast=autocast)]
+    runners = [Runner("AffectVerse (LoRA + EWM)", affectverse, batch, autocast=autocast),
+               Runner("thinker (LoRA only)", thinker, plain, autocast=autocast)]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     n_params = sum(p.numel() for p in affectverse.parameters())
+    length = batch["input_ids"].shape[1]
     print(f"{'tiny preset' if args.tiny else '7B dimensions'} on {name}: {n_params / 1e6:,.1f}M parameters built in "
-          f"{t_build:.0f} s; batch {args.batch_size} x {batch['input_ids'].shape[1]} tokens ({runners[1].tokens} "
-          f"without beliefs), {steps} timed steps after {warmup} burn-in")
+          f"{t_build:.0f} s; batch {args.batch_size} x {length} tokens ({runners[0].tokens} in all, "
+          f"{runners[1].tokens} without beliefs), {steps} timed steps after {warmup} burn-in")
     results = compare(runners, steps, warmup)
-    flops = [count_flops(affectverse, batch, True), count_flops(affectverse, plain, False)]
+    flops = [count_flops(thinker.model, config, batch, True), count_flops(thinker.model, config, plain, False)]
     mfu = {r["name"]: f"{100 * f / r['step_s'] / (args.peak_tflops * 1e12):.1f}%" for r, f in zip(results, flops)}
     tflops = {r["name"]: f"{f / r['step_s'] / 1e12:.1f}" for r, f in zip(results, flops)}
     print_table(results, "peak allocated" if device.type == "cuda" else "activations saved",

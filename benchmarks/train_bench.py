@@ -50,7 +50,8 @@ def audio_tokens(frames: int) -> int:
 def synthetic_batch(config, shapes: list[SampleShape], seed: int = 0, device="cpu") -> dict:
     """A right-padded training batch in the processor's layout: media, <|belief|> groups, prompt, answer."""
     g = torch.Generator().manual_seed(seed)
-    text_ids = lambda n: torch.randint(30, min(config.text_config.vocab_size, 150000), (n,), generator=g).tolist()  # noqa: E731
+    vocab = min(config.text_config.vocab_size, 150000)  # below the special tokens of the released vocabulary
+    text_ids = lambda n: torch.randint(30, vocab, (n,), generator=g).tolist()  # noqa: E731
     rows, labels = [], []
     for s in shapes:
         first, second = config.belief_split(2)
@@ -131,10 +132,10 @@ def saved_activation_bytes(module):
 class Runner:
     """One model, its optimizer and its batch; ``step()`` = forward + backward + AdamW step, timed."""
 
-    def __init__(self, name, model, batch, counted_params, autocast: bool = False):
+    def __init__(self, name, model, batch, autocast: bool = False):
         self.name, self.model, self.batch = name, model, batch
         self.autocast = autocast  # bf16 autocast on CUDA, as Trainer's --bf16
-        self.optimizer = torch.optim.AdamW(trainable(counted_params), lr=1e-4)
+        self.optimizer = torch.optim.AdamW(trainable(model), lr=1e-4)  # LoRA + EWM, or LoRA only
         self.times, self.memory = [], 0
         self.tokens = int(batch["attention_mask"].sum())
 
@@ -227,8 +228,7 @@ def main(argv=None):
               for i in range(args.batch_size)]
     batch = synthetic_batch(config, shapes, seed=args.seed)
     plain = strip_beliefs(batch, config.belief_token_id, config.text_config.pad_token_id)
-    runners = [Runner("AffectVerse (LoRA + EWM)", affectverse, batch, affectverse),
-               Runner("thinker (LoRA only)", thinker, plain, thinker)]
+    runners = [Runner("AffectVerse (LoRA + EWM)", affectverse, batch), Runner("thinker (LoRA only)", thinker, plain)]
     print(f"tiny preset, batch {args.batch_size}, {runners[0].tokens} tokens with beliefs / {runners[1].tokens} "
           f"without, {torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup} burn-in")
     results = compare(runners, args.steps, args.warmup)

@@ -1,0 +1,455 @@
+"""train.py: the Trainer's extra logging, gradient accumulation, LoRA targets, resuming, input checks and export.
+
+Fast tests train a tiny random AffectVerse on hand-made batches (tests/helpers.py, no media decoding); the slow ones
+run ``python train.py`` end to end and two CPU processes through ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import TrainerCallback
+
+import train
+from modeling_affectverse import AffectVerseForConditionalGeneration
+from tests.helpers import build_batch, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = [(2, 60), (1, 40), (2, 0), (0, 50), (2, 80), (1, 30), (2, 50), (0, 60)]  # (video grids, audio frames)
+
+
+class SpecDataset(torch.utils.data.Dataset):
+    """Rows naming a hand-made sample; the collator builds the batch with tests.helpers.build_batch."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"spec": SPECS[i % len(SPECS)], "seed": i}
+
+
+def collator(config):
+    return lambda rows: build_batch(config, [r["spec"] for r in rows], seed=rows[0]["seed"])
+
+
+def tiny_peft(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = tiny(**overrides)
+    return config, train.add_lora(AffectVerseForConditionalGeneration(config), train.ModelArguments())
+
+
+def training_args(out, **kwargs):
+    defaults = dict(output_dir=str(out), per_device_train_batch_size=2, gradient_accumulation_steps=1, max_steps=2,
+                    logging_steps=1, save_strategy="no", use_cpu=True, dataloader_num_workers=0, learning_rate=1e-3,
+                    disable_tqdm=True, seed=0, warmup_steps=0, include_num_input_tokens_seen=False)
+    defaults.update(kwargs)
+    return train.AffectVerseTrainingArguments(**defaults)
+
+
+class RecordingTrainer(train.AffectVerseTrainer):
+    """Keeps every training micro-batch's (loss, lm_loss, imagination_loss) as the model returned them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.micro = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if model.training:
+            self.micro.append((outputs.loss.item(), outputs.lm_loss.item(), outputs.imagination_loss.item()))
+        return (loss, outputs) if return_outputs else loss
+
+
+def train_logs(trainer):
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+# ---------------------------------------------------------------------------------------------- logging, GA
+def test_logs_both_losses_cosine_and_averages_accumulated_micro_batches(tmp_path):
+    config, model = tiny_peft()
+    args = training_args(tmp_path, gradient_accumulation_steps=2, max_steps=2)
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=SpecDataset(8), data_collator=collator(config))
+    trainer.train()
+    logs = train_logs(trainer)
+    assert len(logs) == 2 and len(trainer.micro) == 4
+    for step, log in enumerate(logs):
+        micro = torch.tensor(trainer.micro[2 * step: 2 * step + 2])  # (2 micro-batches, 3)
+        mean = micro.mean(0)
+        assert log["loss"] == pytest.approx(mean[0].item(), rel=1e-5)  # the mean, not the sum
+        assert log["lm_loss"] == pytest.approx(mean[1].item(), rel=1e-5)
+        assert log["imagination_loss"] == pytest.approx(mean[2].item(), rel=1e-5)
+        assert log["loss"] == pytest.approx(log["lm_loss"] + config.imagination_loss_weight * log["imagination_loss"],
+                                            rel=1e-5)
+        cosines = [log[f"imagination_cosine_s{s}"] for s in range(1, config.rollout_steps + 1)]
+        assert all(-1 <= c <= 1 for c in cosines)
+        assert f"imagination_cosine_s{config.rollout_steps + 1}" not in log
+
+
+def test_eval_reports_loss_without_the_extra_outputs(tmp_path):
+    config, model = tiny_peft()
+    seen = []
+
+    def compute_metrics(pred):
+        seen.append(pred)
+        return {}
+
+    trainer = train.AffectVerseTrainer(model=model, args=training_args(tmp_path), train_dataset=SpecDataset(4),
+                                       eval_dataset=SpecDataset(4), data_collator=collator(config),
+                                       compute_metrics=compute_metrics)
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics and not any("imagination" in k or "lm_loss" in k for k in metrics)
+    predictions = seen[0].predictions
+    assert isinstance(predictions, np.ndarray) and predictions.ndim == 3  # the logits alone reach compute_metrics
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA
+LLM_ATTENTION = {f"model.language_model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "qkvo"}
+
+
+@pytest.mark.parametrize("targets, wraps_audio", [
+    (train.LORA_TARGET, False),
+    (["q_proj", "k_proj", "v_proj", "o_proj"], True),  # why train.py uses a regex
+])
+def test_lora_wraps_only_the_language_model_attention(targets, wraps_audio):
+    torch.manual_seed(0)
+    model = AffectVerseForConditionalGeneration(tiny())
+    args = train.ModelArguments()
+    args.lora_target_modules = targets
+    peft_model = train.add_lora(model, args)
+    wrapped = {name.removeprefix("base_model.model.") for name, module in peft_model.named_modules()
+               if hasattr(module, "lora_A")}
+    if wraps_audio:
+        assert any("audio_tower" in name for name in wrapped)
+        return
+    assert wrapped == LLM_ATTENTION
+    for name, param in peft_model.named_parameters():
+        is_adapter = ".lora_A." in name or ".lora_B." in name
+        is_ewm = ".ewm.modules_to_save." in name
+        assert param.requires_grad == (is_adapter or is_ewm), name
+        if is_adapter:
+            assert ".language_model.layers." in name and ".self_attn." in name
+    assert sum(p.numel() for n, p in peft_model.named_parameters() if ".ewm.modules_to_save." in n) == \
+        sum(p.numel() for p in model.ewm.original_module.parameters())
+
+
+# ----------------------------------------------------------------------------------------------- resuming
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _run(out, stop_at=None, resume=None):
+    config, model = tiny_peft(seed=0)
+    args = training_args(out, gradient_accumulation_steps=2, max_steps=5, save_strategy="steps", save_steps=3)
+    trainer = train.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(12),
+                                       data_collator=collator(config),
+                                       callbacks=[StopAt(stop_at)] if stop_at else None)
+    trainer.train(resume_from_checkpoint=resume)
+    keys = ("loss", "lm_loss", "imagination_loss", "imagination_cosine_s1")
+    return [[h[k] for k in keys] for h in train_logs(trainer)], trainer
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    # 12 samples / 2 per batch / 2 accumulation = 3 steps per epoch: the checkpoint at step 3 ends epoch 1 and
+    # steps 4-5 reshuffle, sample kappa and modality dropout from the restored RNG.
+    full, _ = _run(tmp_path / "full")
+    stopped, _ = _run(tmp_path / "split", stop_at=3)
+    checkpoint = tmp_path / "split" / "checkpoint-3"
+    assert len(stopped) == 3 and checkpoint.is_dir()
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        assert (checkpoint / name).is_file(), name
+    with safe_open(checkpoint / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert any(".ewm." in k for k in keys) and any("lora_A" in k for k in keys)  # EWM weights are in the checkpoint
+    resumed, _ = _run(tmp_path / "split", resume=str(checkpoint))
+    assert torch.allclose(torch.tensor(resumed), torch.tensor(full), atol=1e-5), (resumed, full)
+
+
+# -------------------------------------------------------------------------------------------- input checks
+def _manifest(folder: Path, rows) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "v.mp4").write_bytes(b"x")
+    lines = ["video,label,split"] + [f"v.mp4,{label},{split}" for label, split in rows]
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    return folder / "m.csv"
+
+
+def _data_args(**kwargs):
+    args = train.DataArguments()
+    for k, v in kwargs.items():
+        setattr(args, k, v)
+    return args
+
+
+@pytest.mark.parametrize("rows, kwargs, message", [
+    ([("happy", "train"), ("sad", "train"), ("joyful", "test")], {}, "'joyful'"),  # not in the train labels
+    ([("happy", "train"), ("sad", "test")], {"label_set": "happy,angry"}, "'sad'"),  # not in the declared set
+    ([("happy", "train"), ("sad", "val")], {}, "split 'test' is empty"),
+    ([("happy", "val"), ("sad", "test")], {}, "split 'train' is empty"),
+])
+def test_bad_data_is_refused(tmp_path, rows, kwargs, message):
+    manifest = _manifest(tmp_path, rows)
+    with pytest.raises(ValueError, match=message):
+        train.load_data(_data_args(manifest=str(manifest), **kwargs))
+
+
+def test_closed_set_benchmarks_use_their_own_label_set():
+    assert train.closed_label_set("meld", _data_args(), {"happy"}) == \
+        ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")
+    assert train.closed_label_set("manifest", _data_args(), {"b", "a"}) == ("a", "b")
+
+
+def test_no_data_is_refused():
+    with pytest.raises(ValueError, match="no data"):
+        train.load_split(_data_args(), "train")
+    with pytest.raises(ValueError, match="--data_root"):
+        train.load_split(_data_args(benchmarks="meld"), "train")
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model_type": "llama"}, "'llama' checkpoint"),
+    (None, "no config.json in this folder"),
+])
+def test_a_checkpoint_that_is_not_qwen2_5_omni_is_refused(tmp_path, config, message):
+    if config is not None:
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        train.check_checkpoint(str(tmp_path))
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_omni", "qwen2_5_omni_thinker", "affectverse"])
+def test_qwen2_5_omni_checkpoints_are_accepted(tmp_path, model_type):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    assert train.check_checkpoint(str(tmp_path)) == model_type
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rollout_step=2", "unknown AffectVerseConfig field 'rollout_step'"),
+    ("rollout_steps", "not key=value"),
+    ("rollout_steps=two", "not a int"),
+    ("injection=sideways", "injection='sideways'"),
+])
+def test_bad_ewm_overrides_are_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        train.parse_overrides(text)
+
+
+def test_ewm_overrides_are_parsed():
+    assert train.parse_overrides("rollout_steps=2, injection=single,imagination_loss_weight=1,temporal_split=false") \
+        == {"rollout_steps": 2, "injection": "single", "imagination_loss_weight": 1.0, "temporal_split": False}
+
+
+def test_output_dir_holding_another_run_is_refused_and_the_same_run_resumes(tmp_path):
+    args = train.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true"])
+    record = train.run_record(*args)
+    assert train.check_output_dir(args[2], record) is None  # empty: a fresh start
+    (tmp_path / "notes.txt").write_text("someone else's")
+    with pytest.raises(ValueError, match="holds no run_args.json"):
+        train.check_output_dir(args[2], record)
+    (tmp_path / "run_args.json").write_text(json.dumps(record))
+    assert train.check_output_dir(args[2], record) is None  # the same run, no checkpoint yet
+    (tmp_path / "checkpoint-7").mkdir()
+    assert train.check_output_dir(args[2], record) == str(tmp_path / "checkpoint-7")  # auto-resume
+    other = train.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true", "--learning_rate", "1e-4"])
+    with pytest.raises(ValueError, match="different run.*learning_rate"):
+        train.check_output_dir(other[2], train.run_record(*other))
+    other[2].overwrite_output_dir = True
+    assert train.check_output_dir(other[2], train.run_record(*other)) is None
+
+
+def test_main_refuses_bad_labels_before_loading_a_model(tmp_path, monkeypatch):
+    manifest = _manifest(tmp_path / "data", [("happy", "train"), ("joyful", "test")])
+    monkeypatch.setattr(train, "load_model", lambda *a: pytest.fail("the model was loaded before the data check"))
+    with pytest.raises(ValueError, match="unknown labels"):
+        train.main(["--manifest", str(manifest), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"])
+
+
+def test_defaults_are_the_paper_recipe():
+    model_args, data_args, args = train.parse_args(["--model_name_or_path", "x", "--use_cpu", "true"])
+    assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (16, 32, 0.05)
+    assert (args.learning_rate, args.weight_decay, args.warmup_steps) == (2e-4, 0.01, 0.03)
+    assert str(args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, "value") else args.lr_scheduler_type) \
+        == "cosine"
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.num_train_epochs) == (4, 8, 3)
+    assert data_args.max_length == 1024 and args.remove_unused_columns is False
+    tiny_model, tiny_data, tiny_args = train.parse_args([])  # the embedded default
+    assert tiny_model.model_name_or_path is None and tiny_data.manifest == train.TINY_CLIPS
+
+
+# ---------------------------------------------------------------------------------------------------- export
+RELOAD = """
+import sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]  # hide an editable install
+try:
+    import modeling_affectverse
+    raise SystemExit("the repository is importable: this would not test the remote code")
+except ImportError:
+    pass
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+batch = torch.load(sys.argv[2])
+with torch.no_grad():
+    torch.save(model(**batch).logits, sys.argv[3])
+"""
+
+
+def test_export_merges_lora_and_loads_with_trust_remote_code_elsewhere(tmp_path):
+    from benchmarks.tiny import tiny_processor
+    from peft import PeftModel
+
+    config, model = tiny_peft()
+    trainer = train.AffectVerseTrainer(model=model, args=training_args(tmp_path / "run", learning_rate=5e-2),
+                                       train_dataset=SpecDataset(4), data_collator=collator(config))
+    trainer.train()  # LoRA B and the EWM move away from their init, so the merge matters
+    batch = build_batch(config, [(2, 60), (0, 50)], seed=3)
+    batch.pop("labels")
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    out = tmp_path / "export"
+    merged = train.export(trainer, tiny_processor(), train.ModelArguments(), train.DataArguments(), out)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert {"config.json", "model.safetensors", "modeling_affectverse.py", "ewm_affectverse.py",
+            "configuration_affectverse.py", "processing_affectverse.py", "tokenizer.json"} <= \
+        {p.name for p in out.iterdir()}
+    with safe_open(out / "adapter" / "adapter_model.safetensors", "pt") as f:
+        assert any(".ewm." in k for k in f.keys())
+
+    torch.save(batch, tmp_path / "batch.pt")
+    env = {**os.environ, "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    subprocess.run([sys.executable, "-c", RELOAD, str(out), str(tmp_path / "batch.pt"), str(tmp_path / "logits.pt")],
+                   cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
+    assert torch.allclose(torch.load(tmp_path / "logits.pt"), expected, atol=1e-4)
+
+    torch.manual_seed(0)  # the adapter folder alone on a fresh base (same seed) gives the same model
+    fresh = PeftModel.from_pretrained(AffectVerseForConditionalGeneration(config), str(out / "adapter")).eval()
+    with torch.no_grad():
+        assert torch.allclose(fresh(**batch).logits, expected, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_train_py_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train.py"), "--output_dir", str(out),
+               "--manifest", str(tmp_path / "clips" / "manifest.csv"), "--generate_clips", "12",
+               "--max_steps", "4", "--per_device_train_batch_size", "2", "--logging_steps", "2",
+               "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2",
+               "--generation_eval_samples", "2", "--generation_max_new_tokens", "4"]
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lm_loss" in result.stdout + result.stderr and "imagination_loss" in result.stdout + result.stderr
+    assert f"Wrote to {out}" in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["eval"]["eval_loss"] > 0 and results["generation"]["n"] == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "checkpoint-4").is_dir()
+    reload = subprocess.run([sys.executable, "-c", "import sys; from transformers import AutoModelForCausalLM, "
+                             "AutoProcessor; AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True);"
+                             " AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)", str(out)],
+                            cwd=tmp_path, env={**env, "PYTHONPATH": ""}, capture_output=True, text=True)
+    assert reload.returncode == 0, reload.stderr[-3000:]
+    # The same command again resumes the finished run; a different one is refused before training.
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "resuming from" in again.stderr, again.stderr[-3000:]
+    other = subprocess.run(command + ["--learning_rate", "1e-4"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert other.returncode != 0 and "holds a different run" in other.stderr
+
+
+def _stock_thinker_folder(folder: Path):
+    """A Qwen2.5-Omni thinker checkpoint (stock classes, tiny dimensions) with a stock processor."""
+    from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    from benchmarks.tiny import tiny_config, tiny_processor
+    from configuration_affectverse import AffectVerseConfig
+
+    fields = tiny_config().to_dict()
+    for key in [*AffectVerseConfig.__annotations__, "model_type", "auto_map", "architectures"]:
+        fields.pop(key, None)
+    torch.manual_seed(0)
+    Qwen2_5OmniThinkerForConditionalGeneration(Qwen2_5OmniThinkerConfig(**fields)).save_pretrained(folder)
+    tp = tiny_processor()
+    Qwen2_5OmniProcessor(tp.image_processor, tp.video_processor, tp.feature_extractor, tp.tokenizer,
+                         chat_template=tp.chat_template).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_train_py_from_a_stock_qwen2_5_omni_thinker_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    stock = _stock_thinker_folder(tmp_path / "stock")
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train.py"), "--model_name_or_path", str(stock),
+               "--ewm_overrides", "belief_token_id=22,rollout_steps=2",  # the tiny tokenizer's <|belief|> id
+               "--manifest", str(tmp_path / "clips" / "manifest.csv"), "--generate_clips", "12",
+               "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+               "--gradient_accumulation_steps", "1", "--logging_steps", "1", "--save_strategy", "no",
+               "--dataloader_num_workers", "0", "--generation_eval_samples", "2", "--generation_max_new_tokens", "4"]
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "imagination_cosine_s2" in output and "imagination_cosine_s3" not in output
+    before, after = load_file(stock / "model.safetensors"), load_file(out / "model.safetensors")
+    frozen = [k for k in before if "audio_tower" in k or "visual" in k or "mlp" in k]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # the backbone loaded, untouched
+    assert any(not torch.equal(before[k], after[k]) for k in before if "self_attn.q_proj.weight" in k)  # merged
+    assert json.loads((out / "config.json").read_text())["rollout_steps"] == 2
+
+
+DDP_WORKER = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from tests.test_train import SpecDataset, collator, tiny_peft, training_args
+import train
+config, model = tiny_peft(seed=0)
+args = training_args({out!r}, max_steps=3, gradient_accumulation_steps=2, ddp_backend="gloo")
+trainer = train.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(16),
+                                   data_collator=collator(config))
+trainer.train()
+rank = trainer.args.process_index
+assert trainer.args.world_size == 2, trainer.args.world_size
+logs = [h for h in trainer.state.log_history if "loss" in h]
+assert all("lm_loss" in h and "imagination_cosine_s1" in h for h in logs), logs
+# loss (Trainer: mean over ranks of each rank's mean) = lm_loss + img loss (ours: summed over ranks, then divided)
+assert all(abs(h["loss"] - h["lm_loss"] - h["imagination_loss"]) < 1e-4 for h in logs), logs
+torch.save({{n: p.detach() for n, p in model.named_parameters() if p.requires_grad}}, f"{out}/rank{{rank}}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_through_accelerate_end_identical(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER.format(root=str(ROOT), out=str(tmp_path)))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(script)]
+    command[0] = str(Path(sys.executable).parent / "accelerate")
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
+    assert ranks[0].keys() == ranks[1].keys() and any(".ewm." in k for k in ranks[0])
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    _, initial = tiny_peft(seed=0)
+    moved = {n: p for n, p in initial.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(moved[n], ranks[0][n]) for n in ranks[0])  # training changed the weights
