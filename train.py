@@ -475,6 +475,7 @@ def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, m
     from processing_affectverse import AffectVerseCollator
 
     from benchmarks.data import decode_label
+    from benchmarks.run import to_device
     from benchmarks.scoring import extract_labels, map_to_label_set
 
     rows = [r for r in dataset if r["task"] == "emotion" and r["benchmark"] in label_sets][:n_samples]
@@ -482,11 +483,10 @@ def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, m
         return None
     collate = AffectVerseCollator(processor, training=False)
     model.eval()
-    device = next(model.parameters()).device
     correct, examples = 0, []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(chunk).items()}
+        batch = to_device(collate(chunk), model)
         tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         answers = processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         for row, answer in zip(chunk, answers):
