@@ -303,3 +303,38 @@ def test_model_files_import_only_torch_transformers_and_each_other(name):
             assert all(a.name.split(".")[0] in allowed for a in node.names), ast.dump(node)
         if isinstance(node, ast.ImportFrom) and node.level == 0:
             assert node.module.split(".")[0] in allowed, node.module
+
+
+def test_removing_the_future_equals_masking_it(monkeypatch):
+    """The rebuilt (shortened, re-padded) sequence gives the logits of the full one with the dropped tokens masked."""
+    model = model_for(keep_ratio_min=0.5, keep_ratio_max=0.5, modality_dropout=1.0).train()
+    seen = {}
+    original = AffectVerseForConditionalGeneration._compact
+
+    def spy(embeds, keep, position_ids, labels, ewm_out):
+        seen.update(embeds=embeds, keep=keep, positions=position_ids)
+        return original(embeds, keep, position_ids, labels, ewm_out)
+
+    monkeypatch.setattr(AffectVerseForConditionalGeneration, "_compact", staticmethod(spy))
+    batch = build_batch(model.config, [(2, 40), (3, 0), (0, 0)])
+    with torch.no_grad():
+        prepared, _ = model._prepare(batch["input_ids"], batch["attention_mask"], batch["labels"], batch)
+        short = model._language_model(prepared.embeds, prepared.attention_mask, prepared.position_ids, None,
+                                      False, 0, None)[1]
+        full = model._language_model(seen["embeds"], seen["keep"].long(), seen["positions"], None, False, 0, None)[1]
+    assert not seen["keep"][batch["attention_mask"].bool()].all()  # something was removed
+    for b in range(full.shape[0]):
+        n = int(seen["keep"][b].sum())
+        torch.testing.assert_close(short[b, :n], full[b][seen["keep"][b]], atol=1e-5, rtol=1e-5)
+
+
+def test_a_generate_call_leaves_no_stale_state_for_the_next_forward():
+    """The thinker caches ``rope_deltas`` on the model; AffectVerse passes explicit positions, so nothing leaks."""
+    model = model_for().eval()
+    batch = build_batch(model.config, MIXED, padding="left")
+    with torch.no_grad():
+        before = model(**batch).logits
+        model.generate(**build_batch(model.config, [(1, 30)], padding="left", generation=True), max_new_tokens=3,
+                       do_sample=False, suppress_tokens=suppress(model.config))
+        after = model(**batch).logits
+    torch.testing.assert_close(before, after)
