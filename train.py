@@ -495,7 +495,9 @@ def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, m
             guess = map_to_label_set(extract_labels(answer), label_set)
             correct += guess == truth
             examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess})
-    return {"accuracy": correct / len(rows), "n": len(rows), "examples": examples[:8]}
+    sets = {tuple(label_sets[r["benchmark"]]) for r in rows}
+    label_set = list(sets.pop()) if len(sets) == 1 else None  # for the chance level, when there is one set
+    return {"accuracy": correct / len(rows), "n": len(rows), "label_set": label_set, "examples": examples[:8]}
 
 
 def export(trainer, processor, model_args, data_args, out: Path):
@@ -593,9 +595,8 @@ def summarize(results, model_args, data_args, state, out: Path, seconds: float, 
                      f"{results['eval'].get('eval_loss', float('nan')):.4f}.")
     gen = results.get("generation")
     if gen:
-        lines.append(f"Greedy-generation accuracy on {gen['n']} held-out samples: {gen['accuracy']:.3f}"
-                     + (" (the tiny backbone is random and frozen: this run checks the pipeline, not accuracy)."
-                        if model_args.model_name_or_path is None else "."))
+        chance = f" (chance: {1 / len(gen['label_set']):.3f})" if gen.get("label_set") else ""
+        lines.append(f"Greedy-generation accuracy on {gen['n']} held-out samples: {gen['accuracy']:.3f}{chance}.")
     lines.append(f"Wrote to {out.resolve()}:")
     if exported:
         lines.append("  merged model + processor (AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True))")

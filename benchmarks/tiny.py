@@ -21,7 +21,11 @@ TINY_VOCAB_SIZE = 512  # embedding rows of the tiny model; the tokenizer must st
 
 
 def tiny_config(**overrides) -> AffectVerseConfig:
-    """A 2-layer, 64-wide AffectVerse with a 2-layer vision and audio tower (about 0.3M parameters)."""
+    """A 2-layer, 64-wide AffectVerse with 2-layer vision and audio towers.
+
+    The backbone is initialised with std 0.3 (not 0.02): the tiny preset trains only LoRA and the EWM, and a frozen
+    random 64-wide ``lm_head`` at std 0.02 caps every logit near 1, so no answer could ever become likely.
+    """
     text = dict(
         vocab_size=TINY_VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -42,7 +46,7 @@ def tiny_config(**overrides) -> AffectVerseConfig:
         video_token_index=TINY_IDS["<|VIDEO|>"], audio_start_token_id=TINY_IDS["<|audio_bos|>"],
         audio_end_token_id=TINY_IDS["<|audio_eos|>"], vision_start_token_id=TINY_IDS["<|vision_bos|>"],
         vision_end_token_id=TINY_IDS["<|vision_eos|>"], belief_token_id=TINY_IDS["<|belief|>"],
-        user_token_id=TINY_IDS["<|im_start|>"],
+        user_token_id=TINY_IDS["<|im_start|>"], initializer_range=0.3,
         ewm_hidden_size=32, ewm_num_heads=4, ewm_ffn_mult=2, future_queries=4, num_belief_queries=2,
     )
     kwargs.update(overrides)
