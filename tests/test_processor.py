@@ -330,3 +330,21 @@ def test_decoded_frames_and_clips_keep_their_fps(proc, media):
     assert proc({"video": frames})["video_second_per_grid"].tolist() == [pytest.approx(2 / 3)]
     clip = load_video(media["good"], fps=2.0)
     assert clip.fps == 2.0 and proc({"video": clip})["video_second_per_grid"].tolist() == [pytest.approx(1.0)]
+
+
+@pytest.mark.parametrize("layout", ["separate", "interleaved"])
+def test_cached_generate_equals_uncached_on_real_clips(media, layout):
+    """Both Qwen2.5-Omni layouts through the real processor: prefix-KV reuse changes no token, batch = single."""
+    from modeling_affectverse import AffectVerseForConditionalGeneration
+
+    model = AffectVerseForConditionalGeneration(tiny_config()).eval()
+    cfg = model.config
+    kw = dict(max_new_tokens=5, do_sample=False,
+              suppress_tokens=[cfg.video_token_id, cfg.audio_token_id, cfg.image_token_id, cfg.belief_token_id])
+    proc = tiny_processor(audio_layout=layout)
+    samples = [sample(media, answer=None), sample(media, answer=None, subtitle="Well, that went fine.")]
+    prompts = proc(samples, training=False)
+    cached = model.generate(**prompts, **kw)
+    assert torch.equal(cached, model.generate(**prompts, use_cache=False, **kw))
+    single = model.generate(**proc(samples[1:], training=False), **kw)
+    assert torch.equal(cached[1, -5:], single[0, -5:])
