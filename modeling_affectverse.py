@@ -162,7 +162,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                                    bool(use_audio_in_video), audio_seqlens, video_second_per_grid)
 
     def _check_beliefs(self, input_ids, n_modalities):
-        """Each row must carry exactly the placeholders its modalities call for; (B,) expected counts."""
+        """Each row must carry exactly the placeholders its modalities call for."""
         expected = torch.tensor([self.config.num_belief_tokens(int(n)) for n in n_modalities],
                                 device=input_ids.device)
         found = (input_ids == self.config.belief_token_id).sum(1)
@@ -175,7 +175,6 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 f"belief_construction={self.config.belief_construction!r} need {int(expected[b])}; build inputs "
                 "with AffectVerseProcessor from this model's config"
             )
-        return expected
 
     def _prefix_end(self, input_ids):
         """Index just after each row's last audio/video token, (B,); 0 for text-only rows."""
@@ -209,7 +208,8 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         is_video, is_audio = input_ids == cfg.video_token_id, input_ids == cfg.audio_token_id
         video_len, audio_len = is_video.sum(1), is_audio.sum(1)  # (B,)
         has_video, has_audio = video_len > 0, audio_len > 0
-        n_in = self._check_beliefs(input_ids, has_video.long() + has_audio.long())
+        n_modalities = has_video.long() + has_audio.long()  # (B,) what the placeholders were laid out for
+        self._check_beliefs(input_ids, n_modalities)
         training = self.training and labels is not None
 
         # Temporal split (Eq. 11-12): kappa per training step; nothing is cut at inference.
@@ -250,19 +250,18 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         rank_v, rank_a = is_video.long().cumsum(1) - 1, is_audio.long().cumsum(1) - 1
         keep &= ~(is_video & (rank_v >= video_past[:, None])) & ~(is_audio & (rank_a >= audio_past[:, None]))
         if ewm_out is not None:
-            keep, embeds = self._inject(input_ids, embeds, keep, n_in, has_video, has_audio, use_video, use_audio,
-                                        ewm_out)
+            keep, embeds = self._inject(input_ids, embeds, keep, n_modalities, use_video, use_audio, ewm_out)
         if bool((keep == attention_mask.bool()).all()):
             return _Prepared(embeds, attention_mask, position_ids, labels, ewm_out), cache
         return self._compact(embeds, keep, position_ids, labels, ewm_out), cache
 
-    def _inject(self, input_ids, embeds, keep, n_in, has_video, has_audio, use_video, use_audio, ewm_out):
+    def _inject(self, input_ids, embeds, keep, n_modalities, use_video, use_audio, ewm_out):
         """Scatter beliefs into their placeholders (Eq. 8, 20); after modality dropout a row keeps the first
         tokens of each group and drops the rest."""
         cfg = self.config
         is_belief = input_ids == cfg.belief_token_id
         rank = is_belief.long().cumsum(1) - 1  # (B, L) index among the row's placeholders
-        first_in = torch.tensor([cfg.belief_split(int(n))[0] for n in has_video.long() + has_audio.long()],
+        first_in = torch.tensor([cfg.belief_split(int(n))[0] for n in n_modalities],
                                 device=input_ids.device)[:, None]
         n_used = use_video.long() + use_audio.long()
         split = [cfg.belief_split(int(n)) for n in n_used]

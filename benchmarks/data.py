@@ -199,7 +199,7 @@ def _benchmark_dir(root, spec: BenchmarkSpec) -> Path:
     return root / spec.folder
 
 
-def _npz_labels(path: Path, spec: BenchmarkSpec, split: str) -> dict:
+def npz_labels(path: Path, spec: BenchmarkSpec, split: str) -> dict:
     """``{name: label}`` for ``split`` from a label npz (emo word or int class, or float ``val``)."""
     key = spec.splits[split]
     corpora = load_npz(path)
@@ -247,7 +247,7 @@ def load_benchmark(name: str, root, split: str = "test", check_media: bool = Fal
     label_path = folder / spec.label_file
     if not label_path.is_file():
         raise FileNotFoundError(f"{label_path}: no such label file for {bench}")
-    labels = _openset_labels(label_path) if spec.task == "openset" else _npz_labels(label_path, spec, split)
+    labels = _openset_labels(label_path) if spec.task == "openset" else npz_labels(label_path, spec, split)
     subtitles = _subtitles(folder / spec.subtitle_file, spec.subtitle_column)
     video_dir, audio_dir = folder / spec.video_dir, folder / spec.audio_dir
     has_videos = video_dir.is_dir()

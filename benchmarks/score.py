@@ -87,7 +87,7 @@ def _read_ov_labels(path: Path) -> dict[str, list[str]]:
 def _read_npz_labels(benchmark: str, path: Path) -> dict[str, object]:
     """The test split of a label npz through ``benchmarks.data``'s reader, with its errors as ValueError."""
     try:
-        labels = data._npz_labels(path, data.BENCHMARKS[benchmark], "test")
+        labels = data.npz_labels(path, data.BENCHMARKS[benchmark], "test")
     except KeyError as err:  # data.py names a missing split key itself; a missing field is a bare key
         message = str(err.args[0]) if err.args else ""
         raise ValueError(message if message.startswith(str(path)) else f"{path}: a sample has no {message!r} field") \
