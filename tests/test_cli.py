@@ -18,6 +18,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 import affectverse_cli as cli
+from benchmarks import hub
 from benchmarks.clips import generate_clips, write_bad_media
 from benchmarks.scoring import extract_labels
 from benchmarks.tiny import tiny_config, tiny_processor
@@ -184,7 +185,7 @@ def test_explain_reports_belief_attention_shares(tiny_folder, media, predictions
 # ---------------------------------------------------------------------------------------------- export
 def test_export_writes_a_hub_folder(exported):
     files = {p.name for p in exported.iterdir()}
-    assert set(cli.REMOTE_CODE_FILES) | {"README.md", "config.json", "model.safetensors.index.json",
+    assert set(hub.REMOTE_CODE_FILES) | {"README.md", "config.json", "model.safetensors.index.json",
                                          "tokenizer.json", "processor_config.json"} <= files
     assert len([f for f in files if f.endswith(".safetensors")]) > 1 and not any(f.endswith(".bin") for f in files)
     auto_map = json.loads((exported / "config.json").read_text())["auto_map"]
@@ -213,7 +214,7 @@ def test_model_card_metadata(exported):
 def test_export_for_hub_without_summary_and_with_run_args(tiny_folder, tmp_path):
     _, model, processor = tiny_folder
     run = {"training": {"learning_rate": 2e-4, "num_train_epochs": 3.0}, "data": {"benchmarks": "mer2023, meld"}}
-    out = cli.export_for_hub(model, processor, tmp_path / "hub", training_args=run)
+    out = hub.export_for_hub(model, processor, tmp_path / "hub", training_args=run)
     meta = front_matter(out / "README.md")
     assert "model-index" not in meta and "model_name" not in meta and meta["datasets"] == ["mer2023", "meld"]
     assert "`training.learning_rate`" in (out / "README.md").read_text()
@@ -228,7 +229,7 @@ def test_export_for_hub_merges_a_peft_model(tiny_folder, tmp_path):
     model = AffectVerseForConditionalGeneration(tiny_config()).eval()
     target = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"  # as train.py
     lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=target, modules_to_save=["ewm"]))
-    out = cli.export_for_hub(lora, tiny_processor(), tmp_path / "hub")
+    out = hub.export_for_hub(lora, tiny_processor(), tmp_path / "hub")
     saved = load_file(out / "model.safetensors")
     assert not [k for k in saved if "lora" in k or "modules_to_save" in k]
     assert set(saved) == set(load_file(tiny_folder[0] / "model.safetensors"))  # the plain model's keys
@@ -241,23 +242,23 @@ def test_export_refuses_a_stock_processor(tiny_folder, tmp_path):
     stock = Qwen2_5OmniProcessor(processor.image_processor, processor.video_processor, processor.feature_extractor,
                                  processor.tokenizer, chat_template=processor.chat_template)
     with pytest.raises(ValueError, match="AffectVerseProcessor"):
-        cli.export_for_hub(model, stock, tmp_path / "hub")
+        hub.export_for_hub(model, stock, tmp_path / "hub")
 
 
 def test_eval_summary_forms_and_mean():
-    assert cli.read_eval_summary({"CMU-MOSI": 80.0, "OV-MERD+": {"main_score": 60}}) == {
+    assert hub.read_eval_summary({"CMU-MOSI": 80.0, "OV-MERD+": {"main_score": 60}}) == {
         "mosi": {"main_score": 80.0}, "ovmerdplus": {"main_score": 60}}
-    assert set(cli.read_eval_summary({"benchmark": "meld", "main_score": 1.0})) == {"meld"}
+    assert set(hub.read_eval_summary({"benchmark": "meld", "main_score": 1.0})) == {"meld"}
     with pytest.raises(ValueError, match="unknown benchmark"):
-        cli.read_eval_summary({"imdb": 90})
-    results = cli.eval_results({key: {"main_score": 50.0 + i} for i, key in enumerate(cli.MER_UNIBENCH)})
+        hub.read_eval_summary({"imdb": 90})
+    results = hub.eval_results({key: {"main_score": 50.0 + i} for i, key in enumerate(hub.MER_UNIBENCH)})
     assert results[-1].dataset_name == "MER-UniBench" and results[-1].metric_value == 54.0
 
 
 def test_docs_snippet_is_the_card_snippet():
     docs = (ROOT / "docs" / "usage.md").read_text()
     block = re.search(r"## From Python\n\n```python\n(.*?)```", docs, flags=re.S).group(1)
-    assert block == cli.USAGE_SNIPPET.format(model="your-name/affectverse-7b")
+    assert block == hub.USAGE_SNIPPET.format(model="your-name/affectverse-7b")
 
 
 # The docs snippet, in a process whose working directory is elsewhere and which cannot import the project.
@@ -282,7 +283,7 @@ FRESH = textwrap.dedent("""
 def test_export_reloads_in_a_fresh_process_and_predicts_the_same(exported, tiny_folder, media, tmp_path):
     _, model, processor = tiny_folder
     clips = [str(p) for p in media[0][:2]]
-    snippet = cli.USAGE_SNIPPET.format(model="your-name/affectverse-7b")
+    snippet = hub.USAGE_SNIPPET.format(model="your-name/affectverse-7b")
     assert '"clip.mp4"' in snippet and "max_new_tokens=64" in snippet  # what FRESH replaces
     expected = []
     for clip in clips:
@@ -298,7 +299,7 @@ def test_export_reloads_in_a_fresh_process_and_predicts_the_same(exported, tiny_
 
 # ---------------------------------------------------------------------------------------------- push
 def test_push_dry_run_lists_files_and_calls_nothing(exported, capsys):
-    with mock.patch.object(cli, "HfApi", side_effect=AssertionError("a dry run must not reach the Hub")):
+    with mock.patch.object(hub, "HfApi", side_effect=AssertionError("a dry run must not reach the Hub")):
         assert cli.main(["push", str(exported), "me/affectverse", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     listed = {line.split()[-1]: int(line.split()[0].replace(",", "")) for line in lines[:-1]}
@@ -307,16 +308,16 @@ def test_push_dry_run_lists_files_and_calls_nothing(exported, capsys):
 
 
 def test_push_creates_the_repo_then_uploads(exported):
-    with mock.patch.object(cli, "HfApi") as hf_api:
+    with mock.patch.object(hub, "HfApi") as hf_api:
         assert cli.main(["push", str(exported), "me/affectverse", "--private", "--revision", "v1",
                          "--commit-message", "first"]) == 0
     assert hf_api.return_value.method_calls == [
         mock.call.create_repo("me/affectverse", private=True, exist_ok=True, repo_type="model"),
         mock.call.create_branch("me/affectverse", branch="v1", exist_ok=True, repo_type="model"),
         mock.call.upload_folder(repo_id="me/affectverse", folder_path=str(exported), repo_type="model",
-                                revision="v1", commit_message="first", ignore_patterns=cli.UPLOAD_IGNORE),
+                                revision="v1", commit_message="first", ignore_patterns=hub.UPLOAD_IGNORE),
     ]
-    with mock.patch.object(cli, "HfApi") as hf_api:
+    with mock.patch.object(hub, "HfApi") as hf_api:
         cli.main(["push", str(exported), "me/affectverse"])
     assert hf_api.return_value.method_calls[0] == mock.call.create_repo(
         "me/affectverse", private=None, exist_ok=True, repo_type="model")
