@@ -340,6 +340,16 @@ def belief_attention(model, processor, row: dict, keep_ratio: float = 1.0) -> di
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
+def no_main_score_note(results: list[dict]) -> str:
+    """Why main-score cells are empty: the emotion benchmarks' HIT / set-F score was run without the wheel."""
+    names = sorted({_name(r["benchmark"]) for r in results if r.get("main_note")})
+    if not names:
+        return ""
+    return (f"No main score for {', '.join(names)}: the MER-UniBench main score needs --emotion-wheel DIR (the "
+            "emotion-wheel files); their rows are left out here, and the closed-set tables (table1_closed_set, "
+            "table2_closed_set) hold the closed-set alternative.")
+
+
 def write_report(run_dir) -> list[Path]:
     """Write the tables, plots and ``report.md`` of a run folder; return the written paths."""
     run = Path(run_dir)
@@ -355,11 +365,14 @@ def write_report(run_dir) -> list[Path]:
         f" {len(failed)} scored setting(s) include clips that failed to load (up to "
         f"{max(r['n_errors'] for r in failed)} per setting); they count as empty answers (status 'error' in "
         "predictions.jsonl).")
+    no_wheel = no_main_score_note(results)
+    if no_wheel:
+        logger.warning("%s", no_wheel)
     for metric in METRICS:
         suffix = "" if metric == "main" else "_closed_set"
         for title, build, stem in (("Table 1", table1, "table1"), ("Table 2", table2, "table2")):
             header, rows, note = build(results, metric)
-            note += errors
+            note += errors + (f" {no_wheel}" if metric == "main" and no_wheel else "")
             written += _write(run / f"{stem}{suffix}", header, rows, note)
             page += [f"## {title} layout: {METRICS[metric][1]}", "", _markdown(header, rows), note, ""]
     written.append(plot_robustness(results, run / "robustness.png"))

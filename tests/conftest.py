@@ -6,7 +6,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -23,3 +22,10 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
 
+
+
+def pytest_report_header(config):
+    from tests.helpers import SHARED, SHARED_ENV
+
+    state = "present" if SHARED.is_dir() else "absent: tests that need its reference files skip"
+    return f"../shared: {SHARED} ({state}; set {SHARED_ENV}=none to hide it, as on a user's clone)"

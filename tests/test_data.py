@@ -18,8 +18,8 @@ from benchmarks.data import (
     merge_benchmarks,
     parse_word_list,
 )
+from tests.helpers import SHARED
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LABELS = SHARED / "merunibench" / "labels"
 needs_shared = pytest.mark.skipif(not LABELS.is_dir(), reason=f"{LABELS} not found (a user's clone has no ../shared)")
 

@@ -21,8 +21,9 @@ from benchmarks import report, run
 from benchmarks.clips import generate_clips, write_bad_media
 from benchmarks.tiny import tiny_config, tiny_processor
 from modeling_affectverse import AffectVerseForConditionalGeneration
+from tests.helpers import SHARED
 
-WHEEL_DIR = Path(__file__).resolve().parents[2] / "shared" / "merunibench" / "emotion_wheel"
+WHEEL_DIR = SHARED / "merunibench" / "emotion_wheel"
 MODALITIES, KEEP_RATIOS = ("avt", "at", "vt"), ("1.0", "0.5")
 N_ROWS = 4  # 3 clips + 1 broken; --batch-size 4: one batch per setting
 N_SETTINGS = len(MODALITIES) * len(KEEP_RATIOS)
@@ -168,10 +169,17 @@ def test_tables_and_plots(finished):
         table = list(csv.reader(fh))
     assert table[0][:2] == ["Setting", "MER2023"] and table[0][10:] == ["Mean", "manifest"]
     assert [r[0] for r in table[1:]] == ["A+T", "V+T", "A+V+T"]
-    with open(out / "table2.csv", newline="") as fh:
-        table = list(csv.reader(fh))
-    assert table[0] == ["Dataset", "Setting", "1.0", "0.5", "Avg."]
-    assert [r[1] for r in table[1:]] == ["Full", "No Audio", "No Video"]
+    settings = ["Full", "No Audio", "No Video"]
+    for stem in ("table2", "table2_closed_set"):
+        with open(out / f"{stem}.csv", newline="") as fh:
+            table = list(csv.reader(fh))
+        assert table[0] == ["Dataset", "Setting", "1.0", "0.5", "Avg."]
+        # closed-set rows always; the main score (HIT) only with the emotion wheel (a user's clone has none)
+        has_rows = stem == "table2_closed_set" or WHEEL_DIR.is_dir()
+        assert [r[1] for r in table[1:]] == (settings if has_rows else [])
+        said = "needs --emotion-wheel DIR" in (out / f"{stem}.md").read_text()
+        assert said == (stem == "table2" and not WHEEL_DIR.is_dir())
+    assert ("needs --emotion-wheel DIR" in (out / "report.md").read_text()) == (not WHEEL_DIR.is_dir())
     for png in ("robustness.png", "imagination.png", "belief_attention.png"):
         with Image.open(out / png) as image:
             image.verify()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.safe_npz import UnsafeFileError, load_npz
-from tests.conftest import SHARED
+from tests.helpers import SHARED
 
 
 class _Payload:

@@ -35,9 +35,9 @@ from benchmarks.scoring import (
     sentiment_scores,
 )
 from benchmarks.wheel import EmotionWheel, EmotionWheelError, load_wheel, parse_label_list
+from tests.helpers import SHARED, write_mini_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 BENCH = SHARED / "merunibench"
 WHEEL_DIR = BENCH / "emotion_wheel"
 needs_shared = pytest.mark.skipif(
@@ -76,6 +76,21 @@ def wheel() -> EmotionWheel:
     if not WHEEL_DIR.is_dir():
         pytest.skip(f"{WHEEL_DIR} not found: the emotion-wheel files come from ../shared")
     return load_wheel(WHEEL_DIR)
+
+
+@pytest.fixture(scope="module", params=["hand-made", "MER-UniBench"])
+def wheel_dir(request, tmp_path_factory) -> Path:
+    """An emotion-wheel folder: a hand-made one (always), and the real one when ../shared is here."""
+    if request.param == "hand-made":
+        return write_mini_wheel(tmp_path_factory.mktemp("mini_wheel") / "emotion_wheel")
+    if not WHEEL_DIR.is_dir():
+        pytest.skip(f"{WHEEL_DIR} not found: the emotion-wheel files come from ../shared")
+    return WHEEL_DIR
+
+
+@pytest.fixture(scope="module")
+def any_wheel(wheel_dir) -> EmotionWheel:
+    return load_wheel(wheel_dir)
 
 
 @pytest.fixture(scope="module")
@@ -127,15 +142,14 @@ def test_wheel_candidates_sorted_and_index_checked(wheel):
         wheel.cluster("happy", 0)
 
 
-@needs_shared
 @pytest.mark.parametrize(
     "breakage, message",
     [("remove:wheel3.xlsx", "wheel3.xlsx"), ("columns:format.csv", "format.csv: missing column")],
 )
-def test_wheel_errors_name_the_file(tmp_path, breakage, message):
+def test_wheel_errors_name_the_file(tmp_path, wheel_dir, breakage, message):
     action, name = breakage.split(":")
     folder = tmp_path / "emotion_wheel"
-    shutil.copytree(WHEEL_DIR, folder)
+    shutil.copytree(wheel_dir, folder)
     (folder / name).chmod(0o644)
     if action == "remove":
         (folder / name).unlink()
@@ -154,8 +168,8 @@ def test_parse_label_list():
 
 
 # --------------------------------------------------------------------------------- hand-made scores
-@needs_shared
-def test_hit_hand_made(wheel):
+def test_hit_hand_made(any_wheel):
+    wheel = any_wheel
     gt = ["happy", "neutral", "sad", "surprise"]
     pred = [["happiness"], ["happy"], ["angry"], ["surprised", "angry"]]
     assert [wheel.cluster("surprised", w) for w in range(1, 5)] == [wheel.cluster("surprise", w) for w in range(1, 5)]
@@ -169,8 +183,8 @@ def test_hit_hand_made(wheel):
     assert hit_score(["joy", "angry"], [["joyful"], ["mad"]], wheel) == hit_score(["happy", "anger"], ["[joyful]", "[mad]"], wheel)
 
 
-@needs_shared
-def test_ovmerd_hand_made(wheel):
+def test_ovmerd_hand_made(any_wheel):
+    wheel = any_wheel
     gt = [["happy", "sad"], ["neutral"], ["angry"]]
     pred = [["happy"], ["happy"], []]
     result = ovmerd_scores(gt, pred, wheel)
@@ -391,10 +405,9 @@ def cli_error(capsys, *args) -> str:
     return capsys.readouterr().err
 
 
-@needs_shared
-def test_cli_jsonl_and_checkpoint_choice(capsys, mer_files):
+def test_cli_jsonl_and_checkpoint_choice(capsys, mer_files, wheel_dir):
     labels, good, poor = mer_files
-    common = ("--benchmark", "mer2023", "--labels", str(labels), "--emotion-wheel", str(WHEEL_DIR))
+    common = ("--benchmark", "mer2023", "--labels", str(labels), "--emotion-wheel", str(wheel_dir))
     single = cli_json(capsys, *common, "--predictions", str(good))
     assert single["main_score"] == 100.0 and single["n_scored"] == [3] * 5
     # closed set: s1 "joyful" names no label of the set; s3 maps to "angry"
@@ -440,11 +453,10 @@ def test_closed_set_through_evaluate(metrics):
     assert "weighted F1" in info.description and "AffectGPT" in info.citation
 
 
-@needs_shared
-def test_ovmerd_through_evaluate(metrics):
+def test_ovmerd_through_evaluate(metrics, wheel_dir):
     result = metrics["ovmerd_f"].compute(
         predictions=[["happy"], ["happy"], []], references=[["happy", "sad"], ["neutral"], ["angry"]],
-        emotion_wheel=str(WHEEL_DIR),
+        emotion_wheel=str(wheel_dir),
     )
     assert result["f1"] == pytest.approx(1 / 3)
 
