@@ -235,7 +235,10 @@ def test_a_checkpoint_that_is_not_qwen2_5_omni_is_refused(tmp_path, config, mess
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_omni", "qwen2_5_omni_thinker", "affectverse"])
 def test_qwen2_5_omni_checkpoints_are_accepted(tmp_path, model_type):
+    from safetensors.torch import save_file
+
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    save_file({"w": torch.zeros(3)}, tmp_path / "model.safetensors")
     assert train.check_checkpoint(str(tmp_path)) == model_type
 
 
@@ -255,6 +258,17 @@ def test_ewm_overrides_are_parsed():
         == {"rollout_steps": 2, "injection": "single", "imagination_loss_weight": 1.0, "temporal_split": False}
 
 
+def _complete_checkpoint(folder: Path, step: int = 7):
+    """A folder with every part train.CHECKPOINT_PARTS asks for (contents are not loaded by the check)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (folder / name).write_bytes(b"x")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+
+
 def test_output_dir_holding_another_run_is_refused_and_the_same_run_resumes(tmp_path):
     args = train.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true"])
     record = train.run_record(*args)
@@ -264,7 +278,7 @@ def test_output_dir_holding_another_run_is_refused_and_the_same_run_resumes(tmp_
         train.check_output_dir(args[2], record)
     (tmp_path / "run_args.json").write_text(json.dumps(record))
     assert train.check_output_dir(args[2], record) is None  # the same run, no checkpoint yet
-    (tmp_path / "checkpoint-7").mkdir()
+    _complete_checkpoint(tmp_path / "checkpoint-7")
     assert train.check_output_dir(args[2], record) == str(tmp_path / "checkpoint-7")  # auto-resume
     other = train.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true", "--learning_rate", "1e-4"])
     with pytest.raises(ValueError, match="different run.*learning_rate"):
