@@ -14,11 +14,17 @@ warm-up, weight decay 0.01, 4 per device x 8 accumulation steps, 3 epochs, bf16 
 1024. ``python train.py --help`` lists every option. The script reads top to bottom: arguments, checks of the
 inputs (all before any training), data, model, the Trainer, training, evaluation, export.
 
+Before any model loads, a pre-flight check (``benchmarks/preflight.py``) probes every sample's video/audio and measures
+its text against ``--max_length``; bad samples stop the run, listed with file and reason, or with
+``--skip_bad_samples`` leave every split and are recorded in ``bad_samples.jsonl``.
+
 Output folder: ``run_args.json`` (what makes this run this run; a second launch with the same arguments resumes
-from the last checkpoint, different arguments are refused), ``checkpoint-N/`` (Trainer checkpoints: LoRA adapter
-and EWM weights in ``adapter_model.safetensors``, optimizer, scheduler, RNG states), the merged model at the top
-level (LoRA folded in; ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``) with the processor
-files, ``adapter/`` (LoRA + EWM weights alone, for ``PeftModel.from_pretrained``) and ``results.json``.
+from the newest complete checkpoint, different arguments are refused), ``checkpoint-N/`` (Trainer checkpoints: LoRA
+adapter and EWM weights in ``adapter_model.safetensors``, optimizer, scheduler, RNG states), the merged model at the
+top level (LoRA folded in; ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``) with the processor
+files and the model card ``README.md``, ``adapter/`` (LoRA + EWM weights alone, for ``PeftModel.from_pretrained``),
+``results.json`` (written once training finished, whatever fails after), ``preflight_cache.json`` and
+``bad_samples.jsonl``.
 """
 
 from __future__ import annotations
@@ -480,8 +486,8 @@ def screen_data(train, evaluation, processor, data_args, out: Path, main_process
     """
     if not data_args.check_media:
         return train, evaluation
-    bad = preflight.check_splits({"train": train, "eval": evaluation}, processor,
-                                 out / "preflight_cache.json" if main_process else None, data_args.preflight_workers)
+    bad = preflight.check_splits({"train": train, "eval": evaluation}, processor, out / "preflight_cache.json",
+                                 data_args.preflight_workers, save_cache=main_process)
     if not bad:
         logger.info("pre-flight check: all %d samples usable", len(train) + (len(evaluation) if evaluation else 0))
         return train, evaluation

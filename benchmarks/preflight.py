@@ -139,10 +139,11 @@ def media_needs(row: dict) -> list[tuple[str, bool, bool]]:
 
 
 class ProbeCache:
-    """Verdicts by (path, needs), valid while the file's size and mtime are unchanged; stored as JSON."""
+    """Verdicts by (path, needs), valid while the file's size and mtime are unchanged; stored as JSON at ``path``
+    (None: kept in memory only). ``save=False`` reads the file but never writes it (processes other than the main)."""
 
-    def __init__(self, path: Path | None):
-        self.path, self.entries = path, {}
+    def __init__(self, path: Path | None, save: bool = True):
+        self.path, self.entries, self.writable = path, {}, save
         if path is not None and path.is_file():
             try:
                 data = json.loads(path.read_text())
@@ -176,7 +177,7 @@ class ProbeCache:
             self.entries[self.key(path, video, audio)] = {"stamp": stamp, "reason": reason}
 
     def save(self):
-        if self.path is not None:
+        if self.path is not None and self.writable:
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": self.entries}) + "\n")
             os.replace(tmp, self.path)
@@ -263,9 +264,12 @@ def text_problems(rows: list[dict], processor) -> dict[int, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ check
-def check_splits(splits: dict, processor=None, cache_file: Path | None = None, workers: int = 2) -> list[BadSample]:
-    """Every bad sample of ``{split name: dataset}`` (media probed, text measured when ``processor`` is given)."""
-    cache = ProbeCache(cache_file)
+def check_splits(splits: dict, processor=None, cache_file: Path | None = None, workers: int = 2,
+                 save_cache: bool = True) -> list[BadSample]:
+    """Every bad sample of ``{split name: dataset}`` (media probed, text measured when ``processor`` is given).
+
+    ``cache_file``: the JSON verdict cache (read, and written unless ``save_cache=False``)."""
+    cache = ProbeCache(cache_file, save_cache)
     rows = {split: ds.to_list() for split, ds in splits.items() if ds is not None}
     needs = [need for split_rows in rows.values() for row in split_rows for need in media_needs(row)]
     verdicts = probe_all(needs, cache, workers)
@@ -303,11 +307,13 @@ def describe(bad: list[BadSample], limit: int = 50) -> str:
 
 
 def main(argv=None):
-    """Time the media check on generated clips: ``python -m benchmarks.preflight --n 200 [--workers 2]``."""
+    """Time the check on generated clips (media + text with the tiny tokenizer): ``python -m benchmarks.preflight
+    --n 200 [--workers 2]``. Clip generation is not timed."""
     import tempfile
 
     from benchmarks.clips import generate_clips
     from benchmarks.data import load_manifest
+    from benchmarks.tiny import tiny_processor
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--n", type=int, default=200)
@@ -318,17 +324,17 @@ def main(argv=None):
     manifest = folder / "manifest.csv"
     if not manifest.is_file():
         generate_clips(folder, n_clips=args.n, seed=0)
-    ds = load_manifest(manifest)
+    ds, processor = load_manifest(manifest), tiny_processor()
     cache = folder / "preflight_cache.json"
     cache.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    bad = check_splits({"all": ds}, cache_file=cache, workers=args.workers)
+    bad = check_splits({"all": ds}, processor, cache_file=cache, workers=args.workers)
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    check_splits({"all": ds}, cache_file=cache, workers=args.workers)
+    check_splits({"all": ds}, processor, cache_file=cache, workers=args.workers)
     warm = time.perf_counter() - t0
     n = len(ds)
-    print(f"{n} samples ({2 * n} files: mp4 with audio + wav), {args.workers} workers: {cold:.2f} s = "
+    print(f"{n} samples ({2 * n} files: mp4 with audio + wav; text), {args.workers} workers: {cold:.2f} s = "
           f"{1000 * cold / n:.1f} s per 1,000 samples (extrapolated from {n}); cached rerun {warm:.2f} s "
           f"({1000 * warm / n:.2f} s per 1,000); bad samples: {len(bad)}")
 

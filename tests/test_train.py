@@ -508,12 +508,12 @@ def test_missing_tokenizer_files_are_named(saved_tiny, tmp_path):
 def test_an_affectverse_folder_loads_with_the_projects_classes_without_a_prompt(saved_tiny, tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("asked whether to run the folder's code"))
     args = train.ModelArguments(model_name_or_path=str(saved_tiny))
-    assert args.trust_remote_code is False and "trust_remote_code" not in train.run_record(
-        args, train.DataArguments(), training_args(tmp_path))["model"]
     model, processor = train.load_model(args, train.DataArguments(), training_args(tmp_path))
     assert type(model).__module__ == "modeling_affectverse"  # not transformers_modules.*: no code of the folder ran
     assert type(processor).__module__ == "processing_affectverse"
     assert type(processor.tokenizer).__module__.startswith("transformers.")
+    assert args.trust_remote_code is False and "trust_remote_code" not in train.run_record(
+        args, train.DataArguments(), training_args(tmp_path))["model"]  # a flag, default off, not part of the run
 
 
 def test_defaults_are_the_paper_recipe():
