@@ -216,10 +216,9 @@ def _run_section(run: dict) -> str:
     def number(value, fmt=".4f"):
         return "not measured" if value is None else format(value, fmt)
 
-    lines = [f"- Base model: {run.get('base')}", f"- Data: {run.get('data') or 'not recorded'} "
-             f"({run.get('train_samples')} training samples"
-             + (f"; {run['bad_samples']} bad samples left out by the pre-flight check" if run.get("bad_samples") else "")
-             + ")",
+    skipped = f"; {run['bad_samples']} bad samples left out by the pre-flight check" if run.get("bad_samples") else ""
+    lines = [f"- Base model: {run.get('base')}",
+             f"- Data: {run.get('data') or 'not recorded'} ({run.get('train_samples')} training samples{skipped})",
              f"- Training: {run.get('steps')} optimizer steps ({run.get('epochs')} epochs), training loss "
              f"{number(run.get('train_loss'))} (mean over the whole run)"]
     if run.get("eval_split"):

@@ -60,7 +60,10 @@ def _stream_end(container, stream) -> float:
     duration = _duration(container, stream)
     if duration is None or duration <= 0:
         raise ValueError(f"no {stream.type} duration")
-    container.seek(int(max(0.0, duration - END_WINDOW) / stream.time_base), stream=stream, backward=True)
+    try:
+        container.seek(int(max(0.0, duration - END_WINDOW) / stream.time_base), stream=stream, backward=True)
+    except av.FFmpegError:  # a file without a seek index: decode on from where we are (slower, same verdict)
+        pass
     end = None
     for frame in container.decode(stream):
         if frame.time is not None:
@@ -235,7 +238,8 @@ def _min_video_tokens(processor) -> int:
 def _text_tokens(processor, prompts) -> list[int]:
     """Tokens of rendered prompts, each media placeholder counted as one (as the processor's length rule does)."""
     ids = processor.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    placeholders = {processor.tokenizer.convert_tokens_to_ids(t) for t in (processor.video_token, processor.audio_token)}
+    tokens = (processor.video_token, processor.audio_token)
+    placeholders = {processor.tokenizer.convert_tokens_to_ids(t) for t in tokens}
     return [sum(i not in placeholders for i in row) for row in ids]
 
 
