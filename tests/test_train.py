@@ -672,6 +672,51 @@ torch.save({{n: p.detach() for n, p in model.named_parameters() if p.requires_gr
 """
 
 
+KILL_WORKER = """
+import json, os, signal, sys, torch
+sys.path.insert(0, {root!r})
+from tests.test_train import SpecDataset, collator, tiny_peft, training_args
+import train
+out, kill = sys.argv[1], sys.argv[2] == "kill"
+save = torch.save
+def dying_save(obj, path, *args, **kwargs):  # kill -9 in the middle of checkpoint-4's save: weights written, no more
+    if kill and str(path).endswith(os.path.join("checkpoint-4", "optimizer.pt")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(obj, path, *args, **kwargs)
+torch.save = dying_save
+config, model = tiny_peft(seed=0)
+args = training_args(out, max_steps=5, gradient_accumulation_steps=2, save_strategy="steps", save_steps=2)
+trainer = train.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(12), data_collator=collator(config))
+trainer.train(resume_from_checkpoint=train.last_complete_checkpoint(train.Path(out)))
+logs = [[h["loss"], h["lm_loss"]] for h in trainer.state.log_history if "loss" in h]
+weights = {{n: p.detach() for n, p in model.named_parameters() if p.requires_grad}}
+torch.save(weights, os.path.join(out, "weights.pt"))
+print("LOGS", json.dumps(logs))
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_checkpoint_save_resumes_from_the_previous_checkpoint(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(KILL_WORKER.format(root=str(ROOT)))
+
+    def launch(out, mode):
+        return subprocess.run([sys.executable, str(script), str(out), mode], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)
+
+    killed = launch(tmp_path / "split", "kill")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (tmp_path / "split" / "checkpoint-4" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "split" / "checkpoint-4" / "trainer_state.json").exists()
+    resumed, full = launch(tmp_path / "split", "run"), launch(tmp_path / "full", "run")
+    assert resumed.returncode == 0 and full.returncode == 0, resumed.stderr[-2000:] + full.stderr[-2000:]
+    assert "checkpoint-4 is incomplete (no optimizer" in resumed.stderr
+    logs = [json.loads(r.stdout.split("LOGS ")[1]) for r in (resumed, full)]
+    assert torch.allclose(torch.tensor(logs[0]), torch.tensor(logs[1]), atol=1e-5), logs
+    weights = [torch.load(tmp_path / name / "weights.pt") for name in ("split", "full")]
+    assert all(torch.allclose(weights[0][n], weights[1][n], atol=1e-5) for n in weights[1])
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_through_accelerate_end_identical(tmp_path):
     script = tmp_path / "worker.py"
