@@ -516,6 +516,32 @@ def test_an_affectverse_folder_loads_with_the_projects_classes_without_a_prompt(
         args, train.DataArguments(), training_args(tmp_path))["model"]  # a flag, default off, not part of the run
 
 
+def test_the_model_card_of_a_real_run_names_its_base_and_data(saved_tiny, tmp_path):
+    from benchmarks import hub
+    from benchmarks.tiny import tiny_config
+
+    base = tmp_path / "Qwen2.5-Omni-7B"
+    base.mkdir()
+    assert train.card_base_model(train.ModelArguments(model_name_or_path=str(base))) == "Qwen/Qwen2.5-Omni-7B"
+    assert train.card_base_model(train.ModelArguments(model_name_or_path=str(saved_tiny))) is None  # a local folder
+    assert train.card_base_model(train.ModelArguments(model_name_or_path="org/model")) == "org/model"  # a Hub id
+    assert train.card_base_model(train.ModelArguments()) is None  # the tiny preset
+    data_args = _data_args(benchmarks="mer2023,meld", data_root="/data/mer", manifest="")
+    state = type("State", (), {"global_step": 120, "epoch": 3.0})()
+    results = {"train": {"train_loss": 1.25}, "eval": {"eval_loss": 0.5},
+               "generation": {"accuracy": 0.625, "n": 64, "label_set": ["a", "b", "c", "d"], "examples": []}}
+    facts = train.card_facts(results, train.ModelArguments(model_name_or_path=str(base)), data_args, state, 900,
+                             [0] * 64, 3)
+    torch.manual_seed(0)
+    card = str(hub.model_card(AffectVerseForConditionalGeneration(tiny_config()), base_model="Qwen/Qwen2.5-Omni-7B",
+                              datasets=["mer2023", "meld"], run=facts))
+    assert "base_model: Qwen/Qwen2.5-Omni-7B" in card and "tiny random" not in card
+    assert f"Base model: {base}" in card and "MER-UniBench packaged benchmarks mer2023,meld from /data/mer" in card
+    assert "900 training samples; 3 bad samples left out" in card and "120 optimizer steps (3.0 epochs)" in card
+    assert "training loss 1.2500" in card and "eval loss 0.5000" in card
+    assert "accuracy on 64 held-out samples: 0.625, chance 0.250" in card and "MER-UniBench training data" in card
+
+
 def test_defaults_are_the_paper_recipe():
     model_args, data_args, args = train.parse_args(["--model_name_or_path", "x", "--use_cpu", "true"])
     assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (16, 32, 0.05)
