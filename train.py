@@ -14,20 +14,31 @@ warm-up, weight decay 0.01, 4 per device x 8 accumulation steps, 3 epochs, bf16 
 1024. ``python train.py --help`` lists every option. The script reads top to bottom: arguments, checks of the
 inputs (all before any training), data, model, the Trainer, training, evaluation, export.
 
+Before any model loads, a pre-flight check (``benchmarks/preflight.py``) probes every sample's video/audio and measures
+its text against ``--max_length``; bad samples stop the run, listed with file and reason, or with
+``--skip_bad_samples`` leave every split and are recorded in ``bad_samples.jsonl``.
+
 Output folder: ``run_args.json`` (what makes this run this run; a second launch with the same arguments resumes
-from the last checkpoint, different arguments are refused), ``checkpoint-N/`` (Trainer checkpoints: LoRA adapter
-and EWM weights in ``adapter_model.safetensors``, optimizer, scheduler, RNG states), the merged model at the top
-level (LoRA folded in; ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``) with the processor
-files, ``adapter/`` (LoRA + EWM weights alone, for ``PeftModel.from_pretrained``) and ``results.json``.
+from the newest complete checkpoint, different arguments are refused), ``checkpoint-N/`` (Trainer checkpoints: LoRA
+adapter and EWM weights in ``adapter_model.safetensors``, optimizer, scheduler, RNG states), the merged model at the
+top level (LoRA folded in; ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``) with the processor
+files and the model card ``README.md``, ``adapter/`` (LoRA + EWM weights alone, for ``PeftModel.from_pretrained``),
+``results.json`` (written once training finished, whatever fails after), ``preflight_cache.json`` and
+``bad_samples.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import fnmatch
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +46,11 @@ from typing import Any
 import torch
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import HfArgumentParser, PreTrainedConfig, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import SchedulerType, get_last_checkpoint
+from transformers import (AutoConfig, HfArgumentParser, PreTrainedConfig, Trainer, TrainerCallback, TrainingArguments,
+                          set_seed)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 
+from benchmarks import hub, preflight
 from configuration_affectverse import AffectVerseConfig
 from modeling_affectverse import AffectVerseForConditionalGeneration
 
@@ -86,6 +99,10 @@ class ModelArguments:
     lora_target_modules: str = field(default=LORA_TARGET, metadata={"help": (
         "Regex (full match on module names) of the Linear layers that get LoRA. Default: the language model's "
         "q/k/v/o projections only; a plain name list would also wrap the audio tower.")})
+    trust_remote_code: bool = field(default=False, metadata={"help": (
+        "Run the Python code of the --model_name_or_path folder (its auto_map classes) instead of this project's "
+        "classes. Off by default: an AffectVerse folder loads with the project's own classes, no code of the folder "
+        "runs and nothing prompts.")})
 
     def __post_init__(self):
         if self.model_dtype not in ("auto", "bfloat16", "float32"):
@@ -116,9 +133,16 @@ class DataArguments:
     max_length: int = field(default=1024, metadata={"help": "Maximum tokens per sample, belief tokens included (A.3)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training samples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation samples."})
-    check_media: bool = field(default=True, metadata={"help": "Fail before training if a video/audio file is missing."})
+    check_media: bool = field(default=True, metadata={"help": (
+        "Pre-flight check before any model loads: every sample's video/audio is opened and probed (streams, "
+        "duration, decoding at start and end) and its text length checked against --max_length; results are cached "
+        "in the run folder (preflight_cache.json). Bad samples are listed with file and reason, then the run stops "
+        "unless --skip_bad_samples. Off: no check (a bad sample then fails in the middle of training).")})
     skip_bad_samples: bool = field(default=False, metadata={"help": (
-        "Drop samples whose media cannot be decoded (collator on_error='skip') instead of stopping.")})
+        "Leave the samples the pre-flight check finds bad out of every split (training, evaluation, generation "
+        "accuracy) and record them in the run folder's bad_samples.jsonl, instead of stopping. The collator also "
+        "skips a sample that still fails to decode.")})
+    preflight_workers: int = field(default=2, metadata={"help": "Threads probing media in the pre-flight check."})
 
 
 @dataclass
@@ -186,7 +210,19 @@ RUN_TRAINING_KEYS = (
     "max_grad_norm", "optim", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
     "max_steps", "seed", "data_seed", "bf16", "fp16",
 )
-RUN_DATA_EXCLUDED = ("check_media", "max_eval_samples", "eval_split")
+RUN_DATA_EXCLUDED = ("check_media", "max_eval_samples", "eval_split", "preflight_workers")
+RUN_MODEL_EXCLUDED = ("trust_remote_code",)
+# Files the pre-flight check writes into a run folder before run_args.json exists (the folder still counts as new).
+PREFLIGHT_FILES = ("preflight_cache.json", "bad_samples.jsonl")
+# What a checkpoint needs to be resumed from: any file matching one pattern of each part.
+CHECKPOINT_PARTS = {
+    "weights": ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
+                "pytorch_model_fsdp*"),
+    "optimizer": ("optimizer.pt", "optimizer_0", "global_step*"),  # global_step*: a DeepSpeed checkpoint
+    "scheduler": ("scheduler.pt", "global_step*"),
+    "trainer state": ("trainer_state.json",),
+    "RNG state": ("rng_state.pth", "rng_state_*.pth"),
+}
 
 
 def parse_args(argv=None):
@@ -237,26 +273,108 @@ def check_checkpoint(path: str) -> str:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"--model_name_or_path {path!r} is a {model_type!r} checkpoint; AffectVerse fine-tunes "
                          f"Qwen2.5-Omni (config model_type one of {SUPPORTED_MODEL_TYPES})")
+    if Path(path).is_dir():
+        check_weight_files(Path(path))
     return model_type
+
+
+def check_weight_files(folder: Path):
+    """Safetensors weights whose header and size agree, every shard an index names present; pickle weights refused.
+
+    Reads only headers, so a truncated or missing file is named before anything loads.
+    """
+    index = folder / "model.safetensors.index.json"
+    shards = sorted(folder.glob("*.safetensors"))
+    if index.is_file():
+        try:
+            named = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{index}: unreadable shard index ({err})") from None
+        missing = [name for name in named if not (folder / name).is_file()]
+        if missing:
+            raise ValueError(f"{index} names shards that are missing: {', '.join(missing)}")
+    if not shards:
+        pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(pattern))
+        detail = (f"it holds only pickle weights ({', '.join(pickles)}), which are refused: loading them can run code; "
+                  "convert them to safetensors") if pickles else "it holds no *.safetensors weights"
+        raise ValueError(f"--model_name_or_path {folder}: {detail}")
+    for shard in shards:
+        problem = preflight.safetensors_problem(shard)
+        if problem:
+            raise ValueError(f"{shard}: {problem}")
 
 
 def run_record(model_args, data_args, training_args) -> dict:
     """What defines this run, as written to run_args.json."""
+    model = {k: v for k, v in asdict(model_args).items() if k not in RUN_MODEL_EXCLUDED}
     data = {k: v for k, v in asdict(data_args).items() if k not in RUN_DATA_EXCLUDED}
     train = {k: getattr(training_args, k) for k in RUN_TRAINING_KEYS}
-    return json.loads(json.dumps({"model": asdict(model_args), "data": data, "training": train}, default=str))
+    return json.loads(json.dumps({"model": model, "data": data, "training": train}, default=str))
+
+
+def check_writable(folder: Path):
+    """Create ``folder`` and write a file in it, or raise ValueError naming it (before data or model load)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--output_dir {folder}: cannot write there ({err.strerror or err}); choose a writable "
+                         "folder") from None
+
+
+def checkpoint_problems(folder: Path) -> list[str]:
+    """What keeps ``folder`` from being resumed: missing parts of CHECKPOINT_PARTS, unreadable state or weights."""
+    names = [p.name for p in folder.iterdir()]
+    problems = [f"no {part} ({' or '.join(patterns)})" for part, patterns in CHECKPOINT_PARTS.items()
+                if not any(fnmatch.filter(names, pattern) for pattern in patterns)]
+    state = folder / "trainer_state.json"
+    if state.is_file():
+        try:
+            json.loads(state.read_text())
+        except ValueError:
+            problems.append("trainer_state.json is not valid JSON (cut short)")
+    for weights in sorted(folder.glob("*.safetensors")):
+        problem = preflight.safetensors_problem(weights)
+        if problem:
+            problems.append(f"{weights.name}: {problem}")
+    return problems
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``out``, oldest step first."""
+    found = [p for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint holding everything a resume needs; each newer incomplete one is named in a warning
+    and left as it is (a run killed or out of space while saving leaves one)."""
+    for folder in reversed(checkpoints(out)):
+        problems = checkpoint_problems(folder)
+        if not problems:
+            return str(folder)
+        logger.warning("checkpoint %s is incomplete (%s): not resumed from, left in place", folder,
+                       "; ".join(problems))
+    return None
 
 
 def check_output_dir(training_args, record: dict) -> str | None:
     """Refuse an output folder holding another run; return the checkpoint to resume from (None: start afresh).
 
-    The same run resumes from ``--resume_from_checkpoint`` if given, else from its last ``checkpoint-N``.
+    The same run resumes from ``--resume_from_checkpoint`` if given, else from its newest complete ``checkpoint-N``.
     """
     out, resume = Path(training_args.output_dir), training_args.resume_from_checkpoint
-    if resume and not Path(resume).is_dir():
-        raise ValueError(f"--resume_from_checkpoint {resume}: no such checkpoint folder (the last checkpoint of the "
-                         "same run in --output_dir is resumed without it)")
-    if training_args.overwrite_output_dir or not out.is_dir() or not any(out.iterdir()):
+    if resume:
+        if not Path(resume).is_dir():
+            raise ValueError(f"--resume_from_checkpoint {resume}: no such checkpoint folder (the last checkpoint of "
+                             "the same run in --output_dir is resumed without it)")
+        problems = checkpoint_problems(Path(resume))
+        if problems:
+            raise ValueError(f"--resume_from_checkpoint {resume} cannot be resumed: {'; '.join(problems)}")
+    fresh = not out.is_dir() or all(p.name in PREFLIGHT_FILES or p.name.startswith(".write-check-")
+                                    for p in out.iterdir())
+    if training_args.overwrite_output_dir or fresh:
         return resume or None
     saved = out / "run_args.json"
     if not saved.is_file():
@@ -269,7 +387,7 @@ def check_output_dir(training_args, record: dict) -> str | None:
     if diffs:
         raise ValueError(f"--output_dir {out} holds a different run ({'; '.join(diffs)}); choose another folder, "
                          "pass the same arguments to resume it, or --overwrite_output_dir")
-    return resume or get_last_checkpoint(str(out))
+    return resume or last_complete_checkpoint(out)
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -317,14 +435,14 @@ def load_split(data_args, split: str):
 
     parts, skipped = [], []
     for path in filter(None, (p.strip() for p in data_args.manifest.split(","))):
-        ds = load_manifest(path, split=split, check_media=data_args.check_media)
+        ds = load_manifest(path, split=split)  # media: the pre-flight check (screen_data) probes every file
         parts.append((path, ds))
     names = [n.strip() for n in data_args.benchmarks.split(",") if n.strip()]
     if names and not data_args.data_root:
         raise ValueError("--benchmarks needs --data_root (the folder holding the packaged benchmarks)")
     for name in names:
         try:
-            ds = load_benchmark(name, data_args.data_root, split, check_media=data_args.check_media)
+            ds = load_benchmark(name, data_args.data_root, split)
         except ValueError as err:  # a benchmark without this split (e.g. no val): skip it, say so
             if "has no split" not in str(err):
                 raise
@@ -359,32 +477,124 @@ def load_data(data_args):
     return train, evaluation, check_labels(train, evaluation, data_args)
 
 
+def screen_data(train, evaluation, processor, data_args, out: Path, main_process: bool = True):
+    """The pre-flight check (``benchmarks.preflight``): (train, eval) without bad samples, or ValueError listing them.
+
+    Every sample's media are probed and its text measured against ``max_length`` (cache: ``out/preflight_cache.json``).
+    By default any bad sample stops the run; with ``--skip_bad_samples`` bad samples leave both splits (so no batch,
+    evaluation or generation meets them) and are written to ``out/bad_samples.jsonl``.
+    """
+    if not data_args.check_media:
+        return train, evaluation
+    bad = preflight.check_splits({"train": train, "eval": evaluation}, processor, out / "preflight_cache.json",
+                                 data_args.preflight_workers, save_cache=main_process)
+    if not bad:
+        logger.info("pre-flight check: all %d samples usable", len(train) + (len(evaluation) if evaluation else 0))
+        return train, evaluation
+    if not data_args.skip_bad_samples:
+        raise ValueError(f"pre-flight check: {len(bad)} bad samples; nothing was trained. Fix or remove them, or pass "
+                         f"--skip_bad_samples to leave them out (recorded in bad_samples.jsonl):\n"
+                         + preflight.describe(bad))
+    if main_process:
+        preflight.write_bad_samples(out / "bad_samples.jsonl", bad)
+    logger.warning("pre-flight check: leaving out %d bad samples (listed in %s):\n%s", len(bad),
+                   out / "bad_samples.jsonl", preflight.describe(bad, limit=10))
+    train, evaluation = preflight.drop_bad(train, bad, "train"), preflight.drop_bad(evaluation, bad, "eval")
+    for role, ds in (("train", train), ("eval", evaluation)):
+        if ds is not None and len(ds) == 0:
+            raise ValueError(f"pre-flight check: every {role} sample is bad (see {out / 'bad_samples.jsonl'})")
+    return train, evaluation
+
+
 # ---------------------------------------------------------------------------------------------------------- model
-def load_model(model_args, data_args, training_args):
+def register_local_classes():
+    """Let transformers' Auto classes resolve ``model_type: affectverse`` to this project's config class, so a
+    tokenizer or processor load from an AffectVerse folder neither runs the folder's code nor prompts y/N."""
+    AutoConfig.register(AffectVerseConfig.model_type, AffectVerseConfig, exist_ok=True)
+
+
+PROCESSOR_FILES = {  # what AffectVerseProcessor.from_pretrained needs in a folder: one file (set) of each entry
+    "tokenizer": (("tokenizer.json",), ("vocab.json", "merges.txt")),
+    "tokenizer config": (("tokenizer_config.json",),),
+    "processor config": (("processor_config.json",), ("preprocessor_config.json",)),
+}
+
+
+def load_config(model_args):
+    """The AffectVerseConfig of the run (EWM overrides applied), without loading any weights."""
+    overrides = parse_overrides(model_args.ewm_overrides)
+    if model_args.model_name_or_path is None:
+        from benchmarks.tiny import tiny_config
+
+        return tiny_config(**overrides)
+    path = model_args.model_name_or_path
+    if model_args.trust_remote_code:
+        return AutoConfig.from_pretrained(path, trust_remote_code=True, **overrides)
+    return AffectVerseConfig.from_pretrained(path, **overrides)
+
+
+def load_processor(model_args, data_args, config):
+    """The run's AffectVerseProcessor (belief settings from ``config``, ``max_length`` from the data arguments);
+    a folder lacking processor or tokenizer files is named with what is missing."""
+    from processing_affectverse import AffectVerseProcessor
+
+    path = model_args.model_name_or_path
+    if path is None:
+        from benchmarks.tiny import tiny_processor
+
+        base = tiny_processor()
+    else:
+        register_local_classes()
+        folder = Path(path)
+        if folder.is_dir():
+            missing = [part + " (" + " or ".join(" + ".join(s) for s in options) + ")"
+                       for part, options in PROCESSOR_FILES.items()
+                       if not any(all((folder / f).is_file() for f in files) for files in options)]
+            if missing:
+                raise ValueError(f"--model_name_or_path {path}: no processor files for {'; '.join(missing)}; copy them "
+                                 "from the base model's folder (e.g. Qwen2.5-Omni-7B)")
+        try:
+            if model_args.trust_remote_code:
+                from transformers import AutoProcessor
+
+                base = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+            else:
+                base = AffectVerseProcessor.from_pretrained(path)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"--model_name_or_path {path}: the processor/tokenizer does not load "
+                             f"({type(err).__name__}: {err})") from None
+    build = getattr(type(base), "from_model_config", AffectVerseProcessor.from_model_config)
+    return build(config, base, max_length=data_args.max_length)
+
+
+def load_model(model_args, data_args, training_args, processor=None):
     """(AffectVerse model, processor): the tiny random preset or a Qwen2.5-Omni / AffectVerse checkpoint.
 
     The processor takes its belief settings (N_b, injection, construction) from the model's config, so EWM overrides
-    reach both, and ``max_length`` from the data arguments.
+    reach both, and ``max_length`` from the data arguments; pass the one :func:`load_processor` built to reuse it.
     """
-    from processing_affectverse import AffectVerseProcessor
-
-    overrides = parse_overrides(model_args.ewm_overrides)
+    config = load_config(model_args)
+    processor = processor if processor is not None else load_processor(model_args, data_args, config)
     if model_args.model_name_or_path is None:
-        from benchmarks.tiny import tiny_config, tiny_processor
-
         set_seed(training_args.seed)  # the random backbone is a function of the seed (resuming rebuilds it)
-        model, base_processor = AffectVerseForConditionalGeneration(tiny_config(**overrides)), tiny_processor()
-    else:
-        dtype = model_args.model_dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if training_args.bf16 else "float32"
-        kwargs = {"dtype": getattr(torch, dtype)}
-        if model_args.attn_implementation:
-            kwargs["attn_implementation"] = model_args.attn_implementation
-        path = model_args.model_name_or_path
-        model = AffectVerseForConditionalGeneration.from_pretrained(path, **kwargs, **overrides)
-        base_processor = AffectVerseProcessor.from_pretrained(path)
-    processor = AffectVerseProcessor.from_model_config(model.config, base_processor, max_length=data_args.max_length)
+        return AffectVerseForConditionalGeneration(config), processor
+    dtype = model_args.model_dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if training_args.bf16 else "float32"
+    kwargs = {"dtype": getattr(torch, dtype)}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    path, overrides = model_args.model_name_or_path, parse_overrides(model_args.ewm_overrides)
+    try:
+        if model_args.trust_remote_code:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, **kwargs, **overrides)
+        else:
+            model = AffectVerseForConditionalGeneration.from_pretrained(path, **kwargs, **overrides)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"--model_name_or_path {path}: the model does not load ({type(err).__name__}: {err})") \
+            from None
     return model, processor
 
 
@@ -423,6 +633,7 @@ class AffectVerseTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.add_callback(LogAtCheckpoints)
         steps = self.accelerator.unwrap_model(self.model).config.rollout_steps
         # [micro-batches, sum lm_loss, n with L_img, sum L_img, n with cosine, sum cosine per step (S)]
         self._sums = torch.zeros(5 + steps, dtype=torch.float64, device=self.args.device)
@@ -466,6 +677,74 @@ class AffectVerseTrainer(Trainer):
         ignore = list(self.EVAL_IGNORE_KEYS) + list(ignore_keys or [])
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore)
 
+    def _save_checkpoint(self, model, trial):
+        folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        with explain_disk_full(folder, "saving checkpoint"):
+            super()._save_checkpoint(model, trial)
+
+
+# ------------------------------------------------------------------------------------------------ disk, losses
+DISK_FULL_SIGNS = ("no space left", "unexpected pos", "storagefull", "code: 28", "disk quota", "file write failed")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is a write that ran out of space: ENOSPC/EDQUOT, torch's zip writer
+    ("inline_container.cc ... unexpected pos") or safetensors' ("StorageFull")."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(sign in str(err).lower() for sign in DISK_FULL_SIGNS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextmanager
+def explain_disk_full(folder: Path, what: str):
+    """Turn a write that ran out of space inside the block into an OSError(ENOSPC) naming ``folder`` and the free
+    space of its file system; any other error passes unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err):
+            raise
+        probe = Path(folder)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        raise OSError(errno.ENOSPC, f"{what} {folder}: no space left on the device ({free / 2**30:.2f} GiB free "
+                      f"there). The folder is incomplete: a resume skips it and starts from the newest complete "
+                      f"checkpoint. Free some space (or lower --save_total_limit) and run the same command again "
+                      f"({type(err).__name__}: {str(err)[:200]})") from err
+
+
+def whole_run_train_loss(log_history: list[dict], session_loss: float, first_step: int, last_step: int) -> float:
+    """Mean training loss per optimizer step over the whole run, resumed or not.
+
+    Trainer's ``train_loss`` covers only this call's steps ``(first_step, last_step]``. The log history (restored
+    with the checkpoint) gives each logged interval's mean loss: the steps before ``first_step`` come from it (every
+    checkpoint step is logged, see :class:`LogAtCheckpoints`, so it covers them all), the others from
+    ``session_loss``. Steps an older checkpoint never logged are left out of the mean.
+    """
+    before, previous = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry and previous < entry["step"] <= first_step:
+            before += entry["loss"] * (entry["step"] - previous)
+            previous = entry["step"]
+    steps = previous + last_step - first_step
+    return (before + session_loss * (last_step - first_step)) / steps if steps > 0 else float("nan")
+
+
+class LogAtCheckpoints(TrainerCallback):
+    """Log the training loss at every step that saves a checkpoint, so the checkpoint's log history covers every
+    step before it (a resumed run then knows the loss of the whole run)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+
+    on_epoch_end = on_step_end
+
 
 # --------------------------------------------------------------------------------------------- evaluation, export
 @torch.no_grad()
@@ -500,13 +779,15 @@ def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, m
     return {"accuracy": correct / len(rows), "n": len(rows), "label_set": label_set, "examples": examples[:8]}
 
 
-def export(trainer, processor, model_args, data_args, out: Path):
-    """Write the adapter + EWM weights to out/adapter and the merged model + processor to out.
+def export(trainer, processor, model_args, data_args, out: Path, record: dict | None = None,
+           facts: dict | None = None):
+    """Write the adapter + EWM weights to out/adapter, and the merged model, processor and model card to out.
 
     Returns the merged model on the main process (None elsewhere). Merging folds LoRA into the trainer's model in
-    place: call it after training.
+    place: call it after training. ``record`` (run_args.json) and ``facts`` (:func:`card_facts`) go into the card.
     """
-    trainer.save_model(str(out / "adapter"))  # gathers sharded (FSDP/ZeRO) weights; the main process writes
+    with explain_disk_full(out / "adapter", "exporting the adapter to"):
+        trainer.save_model(str(out / "adapter"))  # gathers sharded (FSDP/ZeRO) weights; the main process writes
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return None
@@ -516,9 +797,53 @@ def export(trainer, processor, model_args, data_args, out: Path):
     else:
         model = trainer.accelerator.unwrap_model(trainer.model)
     merged = model.merge_and_unload()
-    merged.save_pretrained(str(out))  # the classes register for auto classes: code files and auto_map come along
-    processor.save_pretrained(str(out))
+    with explain_disk_full(out, "exporting the merged model to"):
+        # the classes register for auto classes: code files and auto_map come along; README.md is the model card
+        hub.export_for_hub(merged, processor, out, training_args=record, base_model=card_base_model(model_args),
+                           run=facts)
     return merged
+
+
+def card_base_model(model_args) -> str | None:
+    """The model card's ``base_model``: none for the tiny preset or an unnamed local folder, the Hub id otherwise."""
+    path = model_args.model_name_or_path
+    if path is None:
+        return None
+    if not Path(path).exists():
+        return path  # a Hub id
+    return hub.BASE_MODEL if Path(path).name.lower() == hub.BASE_MODEL.split("/")[1].lower() else None
+
+
+def card_facts(results: dict, model_args, data_args, state, n_train: int, eval_ds, n_bad: int) -> dict:
+    """What the model card says about this run: its base model and data as they were, its losses and accuracy."""
+    tiny = model_args.model_name_or_path is None
+    data = [f"MER-UniBench packaged benchmarks {data_args.benchmarks} from {data_args.data_root}"] \
+        if data_args.benchmarks else []
+    manifests = [m.strip() for m in data_args.manifest.split(",") if m.strip()]
+    generated = data_args.generate_clips > 0 and bool(manifests)  # load_data generates the first manifest's clips
+    for i, manifest in enumerate(manifests):
+        data.append(f"manifest {manifest}" + (" (synthetic clips generated by benchmarks/clips.py)"
+                                              if generated and i == 0 else ""))
+    return {
+        "tiny": tiny, "generated": generated and len(data) == 1,
+        "base": ("a random tiny AffectVerse built from the seed (benchmarks/tiny.py), not Qwen2.5-Omni-7B" if tiny
+                 else f"{model_args.model_name_or_path}"),
+        "data": "; ".join(data), "train_samples": n_train, "bad_samples": n_bad,
+        "steps": state.global_step, "epochs": round(state.epoch or 0, 3),
+        "train_loss": (results.get("train") or {}).get("train_loss"),
+        "eval_split": data_args.eval_split if eval_ds is not None else None,
+        "eval_samples": len(eval_ds) if eval_ds is not None else 0,
+        "eval_loss": (results.get("eval") or {}).get("eval_loss"),
+        "generation": {k: v for k, v in (results.get("generation") or {}).items() if k != "examples"} or None,
+    }
+
+
+def write_results(out: Path, results: dict):
+    """results.json, replaced atomically (a kill while writing leaves the previous one)."""
+    with explain_disk_full(out, "writing results.json to"):
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        tmp.replace(out / "results.json")
 
 
 # ----------------------------------------------------------------------------------------------------------- main
@@ -527,8 +852,11 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     t0 = time.time()
+    out, is_main = Path(training_args.output_dir), training_args.process_index == 0
 
-    # 1. Inputs, all checked before anything heavy is loaded.
+    # 1. Inputs, all checked before anything heavy is loaded: output folder, checkpoint files, data, processor,
+    #    then every sample's media and text (the pre-flight check).
+    check_writable(out)
     if model_args.model_name_or_path is not None:
         check_checkpoint(model_args.model_name_or_path)
     parse_overrides(model_args.ewm_overrides)
@@ -536,11 +864,16 @@ def main(argv=None):
     resume = check_output_dir(training_args, record)
     with training_args.main_process_first(desc="data"):
         train_ds, eval_ds, label_sets = load_data(data_args)
+    processor = load_processor(model_args, data_args, load_config(model_args))
+    n_before = len(train_ds) + (len(eval_ds) if eval_ds is not None else 0)
+    with training_args.main_process_first(desc="pre-flight check"):
+        train_ds, eval_ds = screen_data(train_ds, eval_ds, processor, data_args, out, is_main)
+    n_bad = n_before - len(train_ds) - (len(eval_ds) if eval_ds is not None else 0)
     logger.info("data: %d train / %s eval samples; closed label sets %s", len(train_ds),
                 len(eval_ds) if eval_ds is not None else 0, label_sets)
 
     # 2. Model: AffectVerse + LoRA on the language model's q/k/v/o + the full EWM; the rest frozen.
-    model, processor = load_model(model_args, data_args, training_args)
+    model, processor = load_model(model_args, data_args, training_args, processor)
     model = add_lora(model, model_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -553,36 +886,64 @@ def main(argv=None):
                                    on_error="skip" if data_args.skip_bad_samples else "raise")
     trainer = AffectVerseTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
                                  data_collator=collator, processing_class=processor)
-    out = Path(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
+    if is_main:
         (out / "run_args.json").write_text(json.dumps(record, indent=2) + "\n")
     if resume:
         logger.info("resuming from %s", resume)
+    first_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] if resume else 0
     train_result = trainer.train(resume_from_checkpoint=resume)
-    results = {"train": train_result.metrics}
+    metrics = dict(train_result.metrics)
+    metrics["train_loss_this_call"] = metrics.get("train_loss")
+    metrics["train_loss"] = whole_run_train_loss(trainer.state.log_history, train_result.training_loss, first_step,
+                                                 trainer.state.global_step)
+    results = {"train": metrics, "bad_samples": n_bad}
+    if is_main:  # from here on results.json always exists; each later stage adds to it
+        write_results(out, results)
 
-    # 4. Evaluate: eval loss on the held-out split, then a quick generation accuracy.
+    # 4. Evaluate (eval loss on the held-out split), export (merged model, processor, adapter, model card), then
+    #    greedy-generation accuracy on the merged model. A failing stage is recorded and the next ones still run.
+    failed = []
+
+    def attempt(stage, run):
+        try:
+            return run()
+        except Exception as err:  # noqa: BLE001 - recorded, reported, re-raised at the end
+            logger.exception("%s failed", stage)
+            results.setdefault("errors", {})[stage] = f"{type(err).__name__}: {err}"
+            failed.append((stage, err))
+            return None
+
     if eval_ds is not None:
-        results["eval"] = trainer.evaluate()
+        results["eval"] = attempt("eval", trainer.evaluate)
 
-    # 5. Export the merged model, the processor and the adapter; then generation accuracy on the merged model.
-    merged = export(trainer, processor, model_args, data_args, out) if training_args.export_merged else None
+    def facts():
+        return card_facts(results, model_args, data_args, trainer.state, len(train_ds), eval_ds, n_bad)
+
+    merged = None
+    if training_args.export_merged:
+        merged = attempt("export", lambda: export(trainer, processor, model_args, data_args, out, record, facts()))
     if eval_ds is not None and training_args.generation_eval_samples > 0 and trainer.is_world_process_zero():
         model = merged if merged is not None else trainer.accelerator.unwrap_model(trainer.model)
-        results["generation"] = generation_accuracy(model, processor, eval_ds, label_sets,
-                                                    training_args.generation_eval_samples,
-                                                    training_args.generation_max_new_tokens,
-                                                    training_args.per_device_eval_batch_size)
+        results["generation"] = attempt("generation accuracy", lambda: generation_accuracy(
+            model, processor, eval_ds, label_sets, training_args.generation_eval_samples,
+            training_args.generation_max_new_tokens, training_args.per_device_eval_batch_size))
+        if merged is not None:  # the card gains the accuracy
+            attempt("model card", lambda: hub.model_card(
+                merged, training_args=record, base_model=card_base_model(model_args),
+                datasets=hub.card_datasets(record), run=facts()).save(out / "README.md"))
     if trainer.is_world_process_zero():
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_results(out, results)
         summarize(results, model_args, data_args, trainer.state, out, time.time() - t0, len(train_ds), eval_ds,
-                  training_args.export_merged)
+                  merged is not None, n_bad)
+    if failed:
+        stage, err = failed[0]
+        raise RuntimeError(f"{', '.join(s for s, _ in failed)} failed after training (results.json records the "
+                           f"rest; the checkpoints are intact): {stage}: {err}") from err
     return results
 
 
 def summarize(results, model_args, data_args, state, out: Path, seconds: float, n_train: int, eval_ds,
-              exported: bool):
+              exported: bool, n_bad: int = 0):
     """Print what the run did and where it wrote."""
     source = model_args.model_name_or_path or "the tiny random preset (benchmarks/tiny.py)"
     data = ", ".join(filter(None, [data_args.manifest, data_args.benchmarks]))
@@ -590,19 +951,21 @@ def summarize(results, model_args, data_args, state, out: Path, seconds: float, 
     lines.append(f"Trained AffectVerse from {source} on {n_train} samples ({data}) for {state.global_step} steps "
                  f"({state.epoch or 0:.3g} epochs) in {seconds / 60:.1f} min: train loss "
                  f"{train.get('train_loss', float('nan')):.4f}.")
-    if "eval" in results:
+    if n_bad:
+        lines.append(f"Left out {n_bad} bad samples found by the pre-flight check ({out / 'bad_samples.jsonl'}).")
+    if "eval_loss" in (results.get("eval") or {}):
         lines.append(f"Held-out {data_args.eval_split} split ({len(eval_ds)} samples): eval loss "
-                     f"{results['eval'].get('eval_loss', float('nan')):.4f}.")
+                     f"{results['eval']['eval_loss']:.4f}.")
     gen = results.get("generation")
-    if gen:
+    if gen and "accuracy" in gen:
         chance = f" (chance: {1 / len(gen['label_set']):.3f})" if gen.get("label_set") else ""
         lines.append(f"Greedy-generation accuracy on {gen['n']} held-out samples: {gen['accuracy']:.3f}{chance}.")
     lines.append(f"Wrote to {out.resolve()}:")
     if exported:
-        lines.append("  merged model + processor (AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True))")
+        lines.append("  merged model + processor + model card README.md "
+                     "(AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True))")
         lines.append(f"  {out / 'adapter'}: LoRA adapter + EWM weights (PeftModel.from_pretrained)")
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    lines.append(f"  checkpoints: {', '.join(p.name for p in checkpoints) or 'none'}; "
+    lines.append(f"  checkpoints: {', '.join(p.name for p in checkpoints(out)) or 'none'}; "
                  "results.json, run_args.json")
     print("\n".join(lines))
 

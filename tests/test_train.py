@@ -6,8 +6,12 @@ run ``python train.py`` end to end and two CPU processes through ``accelerate la
 
 from __future__ import annotations
 
+import csv
+import errno
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -154,13 +158,14 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def _run(out, stop_at=None, resume=None):
+def _run(out, stop_at=None, resume=None, **kwargs):
     config, model = tiny_peft(seed=0)
-    args = training_args(out, gradient_accumulation_steps=2, max_steps=5, save_strategy="steps", save_steps=3)
+    args = training_args(out, **{"gradient_accumulation_steps": 2, "max_steps": 5, "save_strategy": "steps",
+                                 "save_steps": 3, **kwargs})
     trainer = train.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(12),
                                        data_collator=collator(config),
                                        callbacks=[StopAt(stop_at)] if stop_at else None)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train_output = trainer.train(resume_from_checkpoint=resume)
     keys = ("loss", "lm_loss", "imagination_loss", "imagination_cosine_s1")
     return [[h[k] for k in keys] for h in train_logs(trainer)], trainer
 
@@ -179,6 +184,74 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
     assert any(".ewm." in k for k in keys) and any("lora_A" in k for k in keys)  # EWM weights are in the checkpoint
     resumed, _ = _run(tmp_path / "split", resume=str(checkpoint))
     assert torch.allclose(torch.tensor(resumed), torch.tensor(full), atol=1e-5), (resumed, full)
+
+
+def _trained(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_resume_skips_checkpoints_left_incomplete_and_reports_the_whole_runs_train_loss(tmp_path, caplog):
+    # Logging every 2 steps, saving every 3: the checkpoint step 3 is logged too (LogAtCheckpoints), so the resumed
+    # run knows steps 1-3 and its train_loss is the whole run's, not only that of steps 4-5.
+    full, full_trainer = _run(tmp_path / "full", logging_steps=2)
+    _run(tmp_path / "split", stop_at=3, logging_steps=2)
+    split = tmp_path / "split"
+    weights = (split / "checkpoint-3" / "adapter_model.safetensors").read_bytes()
+    killed = split / "checkpoint-4"  # kill -9 while its weights were written: half a file, nothing else
+    killed.mkdir()
+    (killed / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
+    cut = split / "checkpoint-5"  # killed while trainer_state.json was written, everything else there
+    shutil.copytree(split / "checkpoint-3", cut)
+    (cut / "trainer_state.json").write_text((cut / "trainer_state.json").read_text()[:40])
+    with caplog.at_level(logging.WARNING, logger="train"):
+        resume = train.last_complete_checkpoint(split)
+    assert resume == str(split / "checkpoint-3")
+    assert "checkpoint-5 is incomplete (trainer_state.json is not valid JSON" in caplog.text
+    assert "checkpoint-4 is incomplete (no optimizer" in caplog.text and "truncated" in caplog.text
+    resumed, trainer = _run(split, resume=resume, logging_steps=2)
+    assert torch.allclose(torch.tensor(resumed), torch.tensor(full), atol=1e-5), (resumed, full)
+    expected, got = _trained(full_trainer), _trained(trainer)
+    assert all(torch.allclose(expected[n], got[n], atol=1e-5) for n in expected)  # identical final weights
+    assert (killed / "adapter_model.safetensors").stat().st_size == len(weights) // 2  # left alone
+    whole = train.whole_run_train_loss(trainer.state.log_history, trainer.train_output.training_loss, 3, 5)
+    assert whole == pytest.approx(full_trainer.train_output.training_loss, rel=1e-5)
+    assert trainer.train_output.training_loss != pytest.approx(whole, rel=1e-3)  # Trainer's own: steps 4-5 only
+
+
+@pytest.mark.parametrize("target, error", [
+    ("torch.save", RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4160 vs 4054")),
+    ("peft.peft_model.safe_save_file", OSError(errno.ENOSPC, "No space left on device")),
+])
+def test_a_checkpoint_save_on_a_full_disk_names_the_folder_and_the_free_space(tmp_path, monkeypatch, target, error):
+    config, model = tiny_peft()
+    args = training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer = train.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(4),
+                                       data_collator=collator(config))
+
+    def full_disk(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(target, full_disk)
+    message = rf"saving checkpoint {tmp_path / 'checkpoint-2'}: no space left on the device \(\d+\.\d\d GiB free"
+    with pytest.raises(OSError, match=message) as caught:
+        trainer.train()
+    assert caught.value.errno == errno.ENOSPC
+    assert train.last_complete_checkpoint(tmp_path) is None  # the half-written checkpoint is never resumed
+
+
+def test_a_named_checkpoint_that_is_incomplete_is_refused(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    args = train.parse_args(["--output_dir", str(tmp_path / "run"), "--use_cpu", "true",
+                             "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")])
+    with pytest.raises(ValueError, match="checkpoint-2 cannot be resumed: no weights"):
+        train.check_output_dir(args[2], train.run_record(*args))
+
+
+def test_whole_run_train_loss_weights_logged_intervals_by_their_steps():
+    history = [{"loss": 4.0, "step": 2}, {"loss": 1.0, "step": 3}, {"eval_loss": 9.0, "step": 3},
+               {"loss": 7.0, "step": 5}]  # step 5 is after the checkpoint at 3: this call's, not counted twice
+    assert train.whole_run_train_loss(history, 2.0, 3, 6) == pytest.approx((4 * 2 + 1 + 2 * 3) / 6)
+    assert train.whole_run_train_loss(history, 2.0, 0, 4) == pytest.approx(2.0)  # not resumed: Trainer's value
 
 
 # -------------------------------------------------------------------------------------------- input checks
@@ -235,7 +308,10 @@ def test_a_checkpoint_that_is_not_qwen2_5_omni_is_refused(tmp_path, config, mess
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_omni", "qwen2_5_omni_thinker", "affectverse"])
 def test_qwen2_5_omni_checkpoints_are_accepted(tmp_path, model_type):
+    from safetensors.torch import save_file
+
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    save_file({"w": torch.zeros(3)}, tmp_path / "model.safetensors")
     assert train.check_checkpoint(str(tmp_path)) == model_type
 
 
@@ -255,6 +331,17 @@ def test_ewm_overrides_are_parsed():
         == {"rollout_steps": 2, "injection": "single", "imagination_loss_weight": 1.0, "temporal_split": False}
 
 
+def _complete_checkpoint(folder: Path, step: int = 7):
+    """A folder with every part train.CHECKPOINT_PARTS asks for (contents are not loaded by the check)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (folder / name).write_bytes(b"x")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+
+
 def test_output_dir_holding_another_run_is_refused_and_the_same_run_resumes(tmp_path):
     args = train.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true"])
     record = train.run_record(*args)
@@ -264,7 +351,7 @@ def test_output_dir_holding_another_run_is_refused_and_the_same_run_resumes(tmp_
         train.check_output_dir(args[2], record)
     (tmp_path / "run_args.json").write_text(json.dumps(record))
     assert train.check_output_dir(args[2], record) is None  # the same run, no checkpoint yet
-    (tmp_path / "checkpoint-7").mkdir()
+    _complete_checkpoint(tmp_path / "checkpoint-7")
     assert train.check_output_dir(args[2], record) == str(tmp_path / "checkpoint-7")  # auto-resume
     other = train.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true", "--learning_rate", "1e-4"])
     with pytest.raises(ValueError, match="different run.*learning_rate"):
@@ -278,6 +365,181 @@ def test_main_refuses_bad_labels_before_loading_a_model(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "load_model", lambda *a: pytest.fail("the model was loaded before the data check"))
     with pytest.raises(ValueError, match="unknown labels"):
         train.main(["--manifest", str(manifest), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"])
+
+
+# ------------------------------------------------------------------------------- pre-flight check, bad samples
+@pytest.fixture(scope="module")
+def mixed_clips(tmp_path_factory):
+    """A manifest of 12 generated clips plus bad ones: a 0-byte, a truncated, a text file named .mp4, an audio-less
+    video (its audio is the video's track), a 100k-character subtitle in train, a corrupt clip in test."""
+    from benchmarks.clips import generate_clips, write_bad_media
+
+    folder = tmp_path_factory.mktemp("mixed")
+    manifest = generate_clips(folder, n_clips=12, seed=0)
+    bad = write_bad_media(folder / "bad")
+    (folder / "bad" / "text.mp4").write_text("1\n00:00:01,000 --> 00:00:02,000\nnot a video\n")
+    rows = list(csv.DictReader(manifest.open()))
+    extra = [("empty.mp4", "", "train"), ("truncated.mp4", "", "train"), ("text.mp4", "", "train"),
+             ("no_audio.mp4", "", "train"), ("good.mp4", "word " * 20_000, "train"), ("corrupt.mp4", "", "test")]
+    for i, (name, subtitle, split) in enumerate(extra):
+        rows.append({"video": f"bad/{name}", "audio": "", "subtitle": subtitle, "label": "happy", "split": split,
+                     "name": f"bad_{i}_{Path(name).stem}", "onset": "baseline"})
+    path = folder / "mixed.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+TINY_RUN = ["--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1", "--max_steps", "9",
+            "--logging_steps", "3", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "9",
+            "--generation_eval_samples", "2", "--generation_max_new_tokens", "2", "--use_cpu", "true",
+            "--disable_tqdm", "true"]
+
+
+def test_bad_samples_stop_the_run_before_a_model_loads_or_leave_every_split(mixed_clips, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["--manifest", str(mixed_clips), "--output_dir", str(out)] + TINY_RUN
+    real_load_model = train.load_model
+    monkeypatch.setattr(train, "load_model", lambda *a: pytest.fail("a model was loaded before the pre-flight check"))
+    with pytest.raises(ValueError, match="pre-flight check: 6 bad samples") as caught:
+        train.main(argv)
+    message = str(caught.value)
+    for file, reason in [("empty.mp4", "empty file (0 bytes)"), ("truncated.mp4", "unreadable, truncated or corrupt"),
+                         ("text.mp4", "no video stream"), ("no_audio.mp4", "no audio track"),  # text: read as srt
+                         ("subtitle", "text too long"), ("corrupt.mp4", "unreadable, truncated or corrupt")]:
+        assert f"{file}: {reason}" in message, (file, message)
+
+    # --skip_bad_samples in the same folder (the stopped check left only its cache there): with one sample per batch,
+    # all 9 good training clips, the evaluation and the generation accuracy run; nothing bad reaches a batch.
+    monkeypatch.setattr(train, "load_model", real_load_model)
+    results = train.main(argv + ["--skip_bad_samples"])
+    recorded = [json.loads(line) for line in (out / "bad_samples.jsonl").read_text().splitlines()]
+    assert [(r["split"], Path(r["file"]).name) for r in recorded] == [
+        ("train", "empty.mp4"), ("train", "truncated.mp4"), ("train", "text.mp4"), ("train", "no_audio.mp4"),
+        ("train", "subtitle"), ("eval", "corrupt.mp4")]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["bad_samples"] == 6 and saved["generation"]["n"] == 2 and saved["eval"]["eval_loss"] > 0
+    assert saved["train"]["train_loss"] == pytest.approx(results["train"]["train_loss"])
+
+    # The model card is true to this run.
+    card = (out / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "base_model" not in front and "tiny-random" in front
+    assert "random tiny AffectVerse" in card and "not Qwen2.5-Omni-7B" in card and f"manifest {mixed_clips}" in card
+    assert f"eval loss {saved['eval']['eval_loss']:.4f}" in card
+    assert f"accuracy on 2 held-out samples: {saved['generation']['accuracy']:.3f}" in card
+    assert f"transformers=={transformers_version()}" in card and "trust_remote_code=True" in card
+    assert "@misc{zhao2026affectverse" in card and "eprint        = {2605.19950}" in card
+    assert "AffectVerse: Emotional World Models for Multimodal Affective Computing" in card
+
+    # Relaunched, the finished run resumes without probing a clip again; a stage failing after training still leaves
+    # results.json, with the error, and the run says which stage failed.
+    monkeypatch.setattr(train.preflight, "probe", lambda *a: pytest.fail("probed again: the cache was not used"))
+    monkeypatch.setattr(train, "generation_accuracy", lambda *a: (_ for _ in ()).throw(ValueError("clip.mp4: bad")))
+    (out / "results.json").unlink()
+    with pytest.raises(RuntimeError, match="generation accuracy failed after training"):
+        train.main(argv + ["--skip_bad_samples"])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["errors"] == {"generation accuracy": "ValueError: clip.mp4: bad"} and "eval_loss" in saved["eval"]
+
+
+def transformers_version():
+    from importlib.metadata import version
+
+    return version("transformers")
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_data_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "load_data", lambda *a: pytest.fail("the data was loaded before the output check"))
+    (tmp_path / "file").write_text("a file where a folder should be")
+    with pytest.raises(ValueError, match=r"--output_dir .*file/run: cannot write there"):
+        train.main(["--output_dir", str(tmp_path / "file" / "run"), "--use_cpu", "true"])
+    if os.geteuid() != 0:  # root writes into read-only folders
+        (tmp_path / "ro").mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="ro: cannot write there"):
+            train.main(["--output_dir", str(tmp_path / "ro"), "--use_cpu", "true"])
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory):
+    """An AffectVerse folder as train.py exports it (config with auto_map, code files, processor, tokenizer)."""
+    from benchmarks.tiny import tiny_config, tiny_processor
+
+    folder = tmp_path_factory.mktemp("saved")
+    torch.manual_seed(0)
+    AffectVerseForConditionalGeneration(tiny_config()).save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    return folder
+
+
+def _copy_without(folder: Path, dest: Path, *names) -> Path:
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(*names))
+    return dest
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", r"model.safetensors: truncated: \d+ bytes, its header describes \d+"),
+    ("bin", r"only pickle weights \(pytorch_model.bin\), which are refused"),
+    ("index", r"model.safetensors.index.json names shards that are missing: model-00002-of-00002.safetensors"),
+])
+def test_bad_weight_files_are_named_before_anything_loads(saved_tiny, tmp_path, damage, message):
+    folder = _copy_without(saved_tiny, tmp_path / "model")
+    weights = folder / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:-1000])
+    elif damage == "bin":
+        weights.rename(folder / "pytorch_model.bin")
+    else:
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+            "a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(ValueError, match=message):
+        train.check_checkpoint(str(folder))
+
+
+def test_missing_tokenizer_files_are_named(saved_tiny, tmp_path):
+    folder = _copy_without(saved_tiny, tmp_path / "model", "tokenizer.json")
+    args = train.ModelArguments(model_name_or_path=str(folder))
+    with pytest.raises(ValueError, match=r"no processor files for tokenizer \(tokenizer.json or vocab.json \+ merges"):
+        train.load_processor(args, train.DataArguments(), train.load_config(args))
+
+
+def test_an_affectverse_folder_loads_with_the_projects_classes_without_a_prompt(saved_tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("asked whether to run the folder's code"))
+    args = train.ModelArguments(model_name_or_path=str(saved_tiny))
+    model, processor = train.load_model(args, train.DataArguments(), training_args(tmp_path))
+    assert type(model).__module__ == "modeling_affectverse"  # not transformers_modules.*: no code of the folder ran
+    assert type(processor).__module__ == "processing_affectverse"
+    assert type(processor.tokenizer).__module__.startswith("transformers.")
+    assert args.trust_remote_code is False and "trust_remote_code" not in train.run_record(
+        args, train.DataArguments(), training_args(tmp_path))["model"]  # a flag, default off, not part of the run
+
+
+def test_the_model_card_of_a_real_run_names_its_base_and_data(saved_tiny, tmp_path):
+    from benchmarks import hub
+    from benchmarks.tiny import tiny_config
+
+    base = tmp_path / "Qwen2.5-Omni-7B"
+    base.mkdir()
+    assert train.card_base_model(train.ModelArguments(model_name_or_path=str(base))) == "Qwen/Qwen2.5-Omni-7B"
+    assert train.card_base_model(train.ModelArguments(model_name_or_path=str(saved_tiny))) is None  # a local folder
+    assert train.card_base_model(train.ModelArguments(model_name_or_path="org/model")) == "org/model"  # a Hub id
+    assert train.card_base_model(train.ModelArguments()) is None  # the tiny preset
+    data_args = _data_args(benchmarks="mer2023,meld", data_root="/data/mer", manifest="")
+    state = type("State", (), {"global_step": 120, "epoch": 3.0})()
+    results = {"train": {"train_loss": 1.25}, "eval": {"eval_loss": 0.5},
+               "generation": {"accuracy": 0.625, "n": 64, "label_set": ["a", "b", "c", "d"], "examples": []}}
+    facts = train.card_facts(results, train.ModelArguments(model_name_or_path=str(base)), data_args, state, 900,
+                             [0] * 64, 3)
+    torch.manual_seed(0)
+    card = str(hub.model_card(AffectVerseForConditionalGeneration(tiny_config()), base_model="Qwen/Qwen2.5-Omni-7B",
+                              datasets=["mer2023", "meld"], run=facts))
+    assert "base_model: Qwen/Qwen2.5-Omni-7B" in card and "tiny random" not in card
+    assert f"Base model: {base}" in card and "MER-UniBench packaged benchmarks mer2023,meld from /data/mer" in card
+    assert "900 training samples; 3 bad samples left out" in card and "120 optimizer steps (3.0 epochs)" in card
+    assert "training loss 1.2500" in card and "eval loss 0.5000" in card
+    assert "accuracy on 64 held-out samples: 0.625, chance 0.250" in card and "MER-UniBench training data" in card
 
 
 def test_defaults_are_the_paper_recipe():
@@ -362,6 +624,9 @@ def test_train_py_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["eval"]["eval_loss"] > 0 and results["generation"]["n"] == 2
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "checkpoint-4").is_dir()
+    card = (out / "README.md").read_text()  # the model card says what this run was
+    assert "tiny random test model" in card and f"eval loss {results['eval']['eval_loss']:.4f}" in card
+    assert "synthetic clips generated by `benchmarks/clips.py` (not MER-UniBench)" in card
     reload = subprocess.run([sys.executable, "-c", "import sys; from transformers import AutoModelForCausalLM, "
                              "AutoProcessor; AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True);"
                              " AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)", str(out)],
@@ -434,6 +699,52 @@ assert all("lm_loss" in h and "imagination_cosine_s1" in h for h in logs), logs
 assert all(abs(h["loss"] - h["lm_loss"] - h["imagination_loss"]) < 1e-4 for h in logs), logs
 torch.save({{n: p.detach() for n, p in model.named_parameters() if p.requires_grad}}, f"{out}/rank{{rank}}.pt")
 """
+
+
+KILL_WORKER = """
+import json, os, signal, sys, torch
+sys.path.insert(0, {root!r})
+from tests.test_train import SpecDataset, collator, tiny_peft, training_args
+import train
+out, kill = sys.argv[1], sys.argv[2] == "kill"
+save = torch.save
+def dying_save(obj, path, *args, **kwargs):  # kill -9 in the middle of checkpoint-4's save: weights written, no more
+    if kill and str(path).endswith(os.path.join("checkpoint-4", "optimizer.pt")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(obj, path, *args, **kwargs)
+torch.save = dying_save
+config, model = tiny_peft(seed=0)
+args = training_args(out, max_steps=5, gradient_accumulation_steps=2, save_strategy="steps", save_steps=2)
+trainer = train.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(12),
+                                   data_collator=collator(config))
+trainer.train(resume_from_checkpoint=train.last_complete_checkpoint(train.Path(out)))
+logs = [[h["loss"], h["lm_loss"]] for h in trainer.state.log_history if "loss" in h]
+weights = {{n: p.detach() for n, p in model.named_parameters() if p.requires_grad}}
+torch.save(weights, os.path.join(out, "weights.pt"))
+print("LOGS", json.dumps(logs))
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_checkpoint_save_resumes_from_the_previous_checkpoint(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(KILL_WORKER.format(root=str(ROOT)))
+
+    def launch(out, mode):
+        return subprocess.run([sys.executable, str(script), str(out), mode], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)
+
+    killed = launch(tmp_path / "split", "kill")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (tmp_path / "split" / "checkpoint-4" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "split" / "checkpoint-4" / "trainer_state.json").exists()
+    resumed, full = launch(tmp_path / "split", "run"), launch(tmp_path / "full", "run")
+    assert resumed.returncode == 0 and full.returncode == 0, resumed.stderr[-2000:] + full.stderr[-2000:]
+    assert "checkpoint-4 is incomplete (no optimizer" in resumed.stderr
+    logs = [json.loads(r.stdout.split("LOGS ")[1]) for r in (resumed, full)]
+    assert torch.allclose(torch.tensor(logs[0]), torch.tensor(logs[1]), atol=1e-5), logs
+    weights = [torch.load(tmp_path / name / "weights.pt") for name in ("split", "full")]
+    assert all(torch.allclose(weights[0][n], weights[1][n], atol=1e-5) for n in weights[1])
 
 
 @pytest.mark.slow
