@@ -227,20 +227,20 @@ def _av_frames(path: str, indices: list[int], src_fps: float, size: int):
     import numpy as np
 
     av = _import("av")
-    out, want = [], 0  # want: position in ``indices`` of the next frame to return
+    out, want, current = [], 0, -1  # want: position in ``indices`` of the next frame; current: last decoded index
     with av.open(path) as container:
         stream = container.streams.video[0]
         base, tb = stream.start_time or 0, stream.time_base
-        current = -1
         while want < len(indices):
             if indices[want] - current > SEEK_GAP * src_fps:  # jump to the keyframe before the next kept frame
                 container.seek(base + int(indices[want] / src_fps / tb), stream=stream, backward=True)
+            reached = False  # decode on from the seek point at least until the next kept frame
             for frame in container.decode(stream):
                 current = round(float((frame.pts - base) * tb) * src_fps) if frame.pts is not None else current + 1
                 while want < len(indices) and indices[want] <= current:
                     out.append(frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BILINEAR"))
-                    want += 1
-                if want == len(indices) or indices[want] - current > SEEK_GAP * src_fps:
+                    want, reached = want + 1, True
+                if want == len(indices) or reached and indices[want] - current > SEEK_GAP * src_fps:
                     break
             else:
                 if want < len(indices):

@@ -1,15 +1,18 @@
 """AffectVerse processor: AffectGPT-style emotion chats for the Qwen2.5-Omni thinker, with belief placeholders.
 
-Remote code: imports only torch, transformers and its sibling file at module level; decord is imported inside
-the media loaders (a checkpoint folder loads without it). Shapes: T frames, N audio samples, L tokens.
+Remote code: imports only torch, transformers and its sibling files at module level; decord and PyAV are imported
+inside the media loaders of ``media_affectverse`` (a checkpoint folder loads without them). Shapes: T frames, N audio samples, L tokens.
 
 One sample is a dict ``{"video", "audio", "subtitle", "question", "answer", "name"}``, every key optional:
 
-- ``video``: a path (decoded with decord at ``fps``, resized to ``frame_size`` x ``frame_size``), a [`VideoClip`], or
-  frames `(T, H, W, 3)` uint8 (numpy or torch) already sampled at the processor's ``fps`` (or at ``sample["fps"]``);
+- ``video``: a path (decoded with decord or PyAV at ``fps``, resized to ``frame_size`` x ``frame_size``), a
+  [`VideoClip`], or frames `(T, H, W, 3)` uint8 (numpy or torch) already sampled at the processor's ``fps`` (or at
+  ``sample["fps"]``);
 - ``audio``: a path, a 16 kHz mono waveform `(N,)`, ``"video"`` for the video file's own track, or None;
 - ``subtitle``: the transcript; ``question``: defaults to the processor's ``question``;
-- ``answer``: the target text (training); without it the prompt ends with the generation prompt.
+- ``answer``: the target text (training); without it the prompt ends with the generation prompt;
+- ``text``, ``system``: the user's text verbatim (instead of subtitle and question) and a system prompt (how
+  [`~AffectVerseProcessor.apply_chat_template`] passes a conversation on).
 
 Chat (paper Appendix A; the official Qwen2.5-Omni chat template renders it), e.g. for audio + video in training::
 
@@ -32,8 +35,11 @@ that flag is one per batch, so every sample of such a batch must have both video
 Length rule (``max_length``, default 1024 tokens): text and answer are never cut. When a sample is too long, its
 video keeps the largest number of frames that fits, a multiple of ``temporal_patch_size`` and at least
 ``temporal_patch_size`` of them, picked uniformly over the clip (its fps, hence ``video_second_per_grid``, scales
-by the kept share); if even that is too long, the audio keeps its longest prefix that fits. A warning is logged.
-If text, answer and the minimal media still exceed ``max_length``, a ValueError names the sample.
+by the kept share); if even that is too long, the audio keeps its longest prefix that fits. Audio is read up to the
+feature extractor's 30 s (what the audio encoder takes). The rule runs on the counts a file's metadata gives before
+anything is decoded, and only the kept frames and audio samples are decoded, so memory is bounded by ``max_length``,
+not by the clip's length. A warning names the sample and says exactly what was kept (frames of how many, seconds of
+audio of how many). If text, answer and the minimal media still exceed ``max_length``, a ValueError names the sample.
 """
 
 from __future__ import annotations

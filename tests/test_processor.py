@@ -30,6 +30,17 @@ def proc():
     return tiny_processor()
 
 
+BACKENDS = [pytest.param("decord", marks=pytest.mark.skipif(importlib.util.find_spec("decord") is None,
+                                                            reason="decord is not installed here")), "av"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Every media test runs with both video backends (the processors here leave the choice to the environment)."""
+    monkeypatch.setenv("AFFECTVERSE_VIDEO_BACKEND", request.param)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     """Bad and good media (benchmarks.clips), plus a faststart mp4 truncated after its index (decodes partially)."""
@@ -77,7 +88,7 @@ def rows_of(batch, key="input_ids"):
 
 
 # -- chat format and labels ----------------------------------------------------------------------------------------
-def test_chat_matches_appendix_a(proc, media):
+def test_chat_matches_appendix_a(proc, media, backend):
     ids = rows_of(proc([sample(media)]))[0]
     text = proc.tokenizer.decode(ids)
     n1, n2 = belief_split(2, proc.num_belief_queries)
@@ -193,7 +204,7 @@ def test_answer_is_never_cut():
     ("corrupt", None, "corrupt"), ("truncated_faststart", None, "truncated or corrupt"),
     ("no_audio", "video", "no audio track"), ("truncated_wav", "wav", "truncated audio"),
 ])
-def test_bad_media_raises_media_error_naming_the_file(proc, media, case, audio, reason):
+def test_bad_media_raises_media_error_naming_the_file(proc, media, case, audio, reason, backend):
     bad = media[case]
     row = {"video": media["good"], "audio": bad} if audio == "wav" else {"video": bad, "audio": audio}
     with pytest.raises(MediaError, match=reason) as info:
@@ -201,12 +212,12 @@ def test_bad_media_raises_media_error_naming_the_file(proc, media, case, audio, 
     assert info.value.path == bad and bad in str(info.value)
 
 
-def test_partial_audio_of_a_truncated_video_is_detected(media):
+def test_partial_audio_of_a_truncated_video_is_detected(media, backend):
     with pytest.raises(MediaError, match="truncated audio"):
         load_audio(media["truncated_faststart"], expected_duration=4.0)
 
 
-def test_loaders(media):
+def test_loaders(media, backend):
     clip = load_video(media["good"])  # 2 s at 6 fps
     assert clip.frames.shape == (6, 224, 224, 3) and clip.frames.dtype == np.uint8 and clip.fps == 3.0
     assert clip.timestamps == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3]) and clip.duration == 2.0
@@ -225,7 +236,7 @@ def test_answer_from_label(label, answer):
     assert answer_from_label(label) == f"The character's emotional state is {answer}."
 
 
-def test_collator_skips_and_records_bad_samples(proc, media):
+def test_collator_skips_and_records_bad_samples(proc, media, backend):
     rows = [{"name": "good", "video": media["good"], "audio": "", "subtitle": "hi", "label": '"happy"'},
             {"name": "broken", "video": media["corrupt"], "audio": "", "subtitle": "hi", "label": '"sad"'},
             {"name": "silent", "video": media["no_audio"], "audio": "", "subtitle": "hi", "label": '"sad"'},
@@ -324,7 +335,7 @@ def test_real_qwen_tokenizer_ids(proc):
     assert real.tokenizer.decode(row[batch["labels"][0] != -100]) == ANSWER + "<|im_end|>"
 
 
-def test_decoded_frames_and_clips_keep_their_fps(proc, media):
+def test_decoded_frames_and_clips_keep_their_fps(proc, media, backend):
     frames = np.zeros((8, 224, 224, 3), np.uint8)
     assert proc({"video": frames, "fps": 6.0})["video_second_per_grid"].tolist() == [pytest.approx(2 / 6)]
     assert proc({"video": frames})["video_second_per_grid"].tolist() == [pytest.approx(2 / 3)]
