@@ -168,11 +168,10 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         """Process ``samples`` (a dict or a list of dicts, see the module docstring) or one sample given by keywords
         (``video``, ``audio``, ``subtitle``, ``question``, ``answer``) into a padded batch; see [`prepare`].
 
-        Called with ``text`` (or a string first argument) it is the stock Qwen2.5-Omni call, unchanged.
+        Called with ``text`` (or a string first argument) it is the stock Qwen2.5-Omni call (see [`stock_call`]).
         """
         if text is not None or isinstance(samples, (str, list)) and samples and isinstance(samples[0], str):
-            return super().__call__(text=text if text is not None else samples, images=images, videos=videos,
-                                    audio=audio, **kwargs)
+            return self.stock_call(text if text is not None else samples, images, videos, audio, **kwargs)
         if kwargs.pop("return_tensors", "pt") not in ("pt", None):
             raise ValueError("AffectVerseProcessor returns PyTorch tensors only")
         if kwargs:
@@ -180,6 +179,117 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         if samples is None:
             samples = {"video": video, "audio": audio, "subtitle": subtitle, "question": question, "answer": answer}
         return self.prepare(samples, training=training, padding_side=padding_side, keep_ratio=keep_ratio)
+
+    def stock_call(self, text, images=None, videos=None, audio=None, **kwargs) -> BatchFeature:
+        """The stock ``Qwen2_5OmniProcessor(text=..., videos=..., audio=...)`` call, with AffectVerse's additions.
+
+        ``text`` is chat text with the template's media placeholders (``<|vision_bos|><|VIDEO|><|vision_eos|>``,
+        ``<|audio_bos|><|AUDIO|><|audio_eos|>``), e.g. from ``apply_chat_template(..., tokenize=False)``. Video and
+        audio paths are decoded with AffectVerse's own loaders (no torchcodec) at ``fps`` and ``frame_size``; frames
+        are taken as sampled at ``fps``. Belief placeholders are inserted where the paper puts them (the module
+        docstring) in every text that has media and none yet. Raises ValueError when media are given without their
+        placeholders in the text (the stock processor would drop them silently) or a text with media has no
+        ``<|im_start|>assistant\\n`` to put the second belief group after. No length rule here: use samples or
+        [`apply_chat_template`] for it.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        videos = None if videos is None else [videos] if not isinstance(videos, (list, tuple)) else list(videos)
+        audio = None if audio is None else [audio] if not isinstance(audio, (list, tuple)) or audio and \
+            isinstance(audio[0], (int, float)) else list(audio)
+        if kwargs.pop("use_audio_in_video", False) or kwargs.get("load_audio_from_video"):
+            raise ValueError("load_audio_from_video / use_audio_in_video: pass the video's audio as a sample "
+                             "(processor({'video': path, 'audio': 'video', ...})) or through apply_chat_template")
+        for kind, items, token in (("videos", videos, self.video_token), ("audio", audio, self.audio_token)):
+            found = sum(t.count(token) for t in texts)
+            if items is not None and found != len(items):
+                raise ValueError(f"{len(items)} {kind} given but the text has {found} {token} placeholders: the "
+                                 f"stock processor would silently drop them. Put {token} in the chat text (e.g. via "
+                                 f"processor.apply_chat_template(conversation)), or pass samples")
+        if images is not None:
+            raise ValueError("AffectVerse takes video, audio and text; images are not supported")
+        sr = self.feature_extractor.sampling_rate
+        if videos is not None:
+            videos = [load_video(v, self.fps, self.frame_size, backend=self.video_backend).frames
+                      if isinstance(v, (str, os.PathLike)) else v for v in videos]
+            kwargs["videos_kwargs"] = {**self._videos_kwargs(self.fps), **kwargs.get("videos_kwargs", {})}
+        if audio is not None:
+            audio = [load_audio(a, sr) if isinstance(a, (str, os.PathLike)) else a for a in audio]
+        texts = [self._insert_beliefs(t) for t in texts]
+        return super().__call__(text=texts, videos=videos, audio=audio, **kwargs)
+
+    def _insert_beliefs(self, text: str) -> str:
+        """``text`` with the two belief groups after its last media block and after the assistant prompt."""
+        has_video = self.video_token in text
+        has_audio = self.audio_token in text
+        if not (has_video or has_audio) or self.belief_token in text:
+            return text
+        n_first, n_second = belief_split(int(has_video) + int(has_audio), self.num_belief_queries, self.injection,
+                                         self.belief_construction)
+        marker = "<|im_start|>assistant\n"
+        end = max(text.rfind(t) + len(t) for t in ("<|vision_eos|>", "<|audio_eos|>") if t in text)
+        reply = text.rfind(marker)
+        if reply < end:
+            raise ValueError(f"a text with media must end its user turn with the generation prompt {marker!r} (the "
+                             f"second belief group goes right after it): {text[:80]!r}...")
+        reply += len(marker)
+        return (text[:end] + self.belief_token * n_first + text[end:reply] + self.belief_token * n_second
+                + text[reply:])
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """The stock ``apply_chat_template``; with ``tokenize=True`` a Qwen2.5-Omni conversation becomes an
+        AffectVerse batch (media decoded with AffectVerse's loaders, the length rule, belief placeholders).
+
+        A conversation: an optional system message, one user message whose content holds at most one
+        ``{"type": "video", "video": path or frames}``, one ``{"type": "audio", "audio": path or waveform}`` and
+        text items, and optionally an assistant message (then a training sample, with ``labels``). The media blocks
+        come first and the text follows, as in AffectVerse's chat (module docstring).
+        ``load_audio_from_video=True`` (or ``use_audio_in_video``) takes the audio from the video file. A list of
+        conversations makes a batch. Returns the [`BatchFeature`] of [`prepare`] (with ``return_dict=True``) or
+        its ``input_ids``.
+        """
+        if not kwargs.get("tokenize") or chat_template is not None:
+            return super().apply_chat_template(conversation, chat_template, **kwargs)
+        from_video = bool(kwargs.pop("load_audio_from_video", False) or kwargs.pop("use_audio_in_video", False))
+        if kwargs.get("continue_final_message") or kwargs.get("tools") or kwargs.get("documents"):
+            raise ValueError("AffectVerse conversations take no continue_final_message, tools or documents")
+        conversations = conversation if conversation and isinstance(conversation[0], (list, tuple)) else [conversation]
+        samples = [self.sample_from_conversation(c, from_video, f"conversation {i}")
+                   for i, c in enumerate(conversations)]
+        batch = self.prepare(samples, padding_side=kwargs.get("padding_side"))
+        return batch if kwargs.get("return_dict") else batch["input_ids"]
+
+    @staticmethod
+    def sample_from_conversation(conversation, audio_from_video: bool = False, name: str = "conversation") -> dict:
+        """The sample (module docstring) of a Qwen2.5-Omni conversation; see [`apply_chat_template`]."""
+        sample, texts, roles = {"name": name}, [], [m.get("role") for m in conversation]
+        if roles.count("user") != 1 or any(r not in ("system", "user", "assistant") for r in roles) or \
+                "assistant" in roles and roles.index("assistant") < roles.index("user") or roles.count("assistant") > 1:
+            raise ValueError(f"{name}: AffectVerse takes one exchange (optional system, one user turn, optional "
+                             f"assistant answer); got roles {roles}")
+        for message in conversation:
+            content = message["content"]
+            items = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            if message["role"] != "user":
+                key = "system" if message["role"] == "system" else "answer"
+                sample[key] = "".join(i.get("text", "") for i in items if i.get("type") == "text")
+                continue
+            for item in items:
+                kind = item.get("type")
+                if kind in ("video", "audio"):
+                    value = next((item[k] for k in (kind, "path", "url") if item.get(k) is not None), None)
+                    if value is None or kind in sample:
+                        raise ValueError(f"{name}: each {kind} item needs a {kind!r} (path or array), at most one")
+                    sample[kind] = value
+                elif kind == "text":
+                    texts.append(item["text"])
+                else:
+                    raise ValueError(f"{name}: content type {kind!r}; AffectVerse takes video, audio and text")
+        if audio_from_video and "video" in sample:
+            if "audio" in sample:
+                raise ValueError(f"{name}: load_audio_from_video with an audio item as well")
+            sample["audio"] = "video"
+        sample["text"] = "".join(texts)
+        return sample
 
     def prepare(self, samples, training: bool | None = None, padding_side: str | None = None,
                 keep_ratio: float = 1.0) -> BatchFeature:
