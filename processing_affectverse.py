@@ -571,7 +571,8 @@ def _stack_media(media: list) -> dict:
 class AffectVerseCollator:
     """``data_collator`` for Trainer and ``collate_fn`` for DataLoaders: rows in, one [`AffectVerseProcessor`] batch out.
 
-    Rows are dicts as ``benchmarks.data`` readers produce (``name``, ``video``, ``audio``, ``subtitle``, ``label``)
+    Rows are dicts as ``benchmarks.data`` readers produce (``name``, ``video``, ``audio``, ``subtitle``, and the label
+    in ``emotion`` / ``valence`` / ``labels``, or JSON in ``label``)
     or samples with an ``answer``. ``audio == ""`` (or no ``audio`` key) means the video's own track, None no audio.
     In training the answer comes from the label (``answer_from_label``). Media are loaded here, i.e. inside the
     DataLoader worker. ``on_error="skip"`` drops samples whose media are bad (or that cannot fit ``max_length``),
@@ -595,7 +596,8 @@ class AffectVerseCollator:
         sample = {"name": row.get("name"), "video": video, "audio": audio, "subtitle": row.get("subtitle") or "",
                   "question": row.get("question")}
         if self.training:
-            sample["answer"] = row.get("answer") or answer_from_label(row["label"])
+            typed = [row[c] for c in ("emotion", "valence", "labels") if row.get(c) is not None]  # benchmarks.data
+            sample["answer"] = row.get("answer") or answer_from_label(typed[0] if typed else row["label"])
         return sample
 
     def __call__(self, rows: list) -> BatchFeature:

@@ -286,15 +286,14 @@ def closed_label_set(benchmark: str, data_args, train_labels: set[str]) -> tuple
 
 def check_labels(train, evaluation, data_args) -> dict[str, tuple[str, ...]]:
     """Every emotion-word label must be in its benchmark's closed set; returns {benchmark: label set}."""
-    from benchmarks.data import decode_label
     from benchmarks.scoring import map_to_label_set
 
     seen = {}  # benchmark -> [(split, label, name)]
     for split, ds in (("train", train), ("eval", evaluation)):
-        columns = (ds[c] for c in ("benchmark", "task", "label", "name")) if ds is not None else ((),)
+        columns = (ds[c] for c in ("benchmark", "task", "emotion", "name")) if ds is not None else ((),)
         for bench, task, label, name in zip(*columns):
             if task == "emotion":
-                seen.setdefault(bench, []).append((split, str(decode_label(label)).lower().strip(), name))
+                seen.setdefault(bench, []).append((split, str(label).lower().strip(), name))
     sets, problems = {}, []
     for bench, items in seen.items():
         label_set = closed_label_set(bench, data_args, {label for split, label, _ in items if split == "train"})
@@ -474,7 +473,6 @@ def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, m
     """Greedy answers for the first ``n_samples`` held-out emotion samples, mapped onto their closed label set."""
     from processing_affectverse import AffectVerseCollator
 
-    from benchmarks.data import decode_label
     from benchmarks.run import to_device
     from benchmarks.scoring import extract_labels, map_to_label_set
 
@@ -491,7 +489,7 @@ def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, m
         answers = processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         for row, answer in zip(chunk, answers):
             label_set = label_sets[row["benchmark"]]
-            truth = map_to_label_set([str(decode_label(row["label"])).lower()], label_set)
+            truth = map_to_label_set([row["emotion"].lower()], label_set)
             guess = map_to_label_set(extract_labels(answer), label_set)
             correct += guess == truth
             examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess})
