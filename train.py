@@ -501,6 +501,11 @@ def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, m
 def export(trainer, processor, model_args, data_args, out: Path):
     """Write the adapter + EWM weights to out/adapter and the merged model + processor to out.
 
+    ``adapter/adapter_config.json`` records the base: ``base_model_name_or_path`` is ``--model_name_or_path``
+    (absolute when it is a local folder, so ``AutoPeftModelForCausalLM.from_pretrained(out / "adapter",
+    trust_remote_code=True)`` loads base + adapter), or, for the tiny preset, a description of the random base (it is
+    not saved: rebuild it from the seed), and ``task_type`` CAUSAL_LM. The merged ``config.json`` records the
+    adapter it folded in (``merged_adapter``: its sha256), so a loader can refuse to apply it a second time.
     Returns the merged model on the main process (None elsewhere). Merging folds LoRA into the trainer's model in
     place: call it after training.
     """
@@ -508,12 +513,24 @@ def export(trainer, processor, model_args, data_args, out: Path):
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return None
+    adapter_config = out / "adapter" / "adapter_config.json"
+    record = json.loads(adapter_config.read_text())
+    base = model_args.model_name_or_path
+    record["base_model_name_or_path"] = str(Path(base).resolve()) if base and Path(base).is_dir() else base or (
+        f"affectverse-tiny-random: not saved; AffectVerseForConditionalGeneration(benchmarks.tiny.tiny_config("
+        f"{model_args.ewm_overrides or ''})) built after transformers.set_seed({trainer.args.seed})")
+    record["task_type"] = "CAUSAL_LM"
+    adapter_config.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     if trainer.is_fsdp_enabled:  # parameters are sharded: rebuild from the saved adapter on the CPU
         base, _ = load_model(model_args, data_args, trainer.args)
         model = PeftModel.from_pretrained(base, str(out / "adapter"))
     else:
         model = trainer.accelerator.unwrap_model(trainer.model)
+    import hashlib
+
     merged = model.merge_and_unload()
+    merged.config.merged_adapter = {"sha256": hashlib.sha256((out / "adapter" / "adapter_model.safetensors")
+                                                             .read_bytes()).hexdigest(), "folder": "adapter"}
     merged.save_pretrained(str(out))  # the classes register for auto classes: code files and auto_map come along
     processor.save_pretrained(str(out))
     return merged
