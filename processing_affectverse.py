@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from typing import NamedTuple
 
 import torch
@@ -145,6 +146,15 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         self.video_backend = video_backend  # None: decord where it imports, else PyAV (media_affectverse)
         self.belief_token = BELIEF_TOKEN
         self.belief_token_id = self.tokenizer.convert_tokens_to_ids(BELIEF_TOKEN)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """The stock save, plus ``pipeline_affectverse.py`` (the ``emotion-recognition`` pipeline, remote code) beside
+        the processor's own code files, so a saved folder serves ``pipeline(..., trust_remote_code=True)``."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_affectverse.py")
+        if os.path.isfile(source):
+            shutil.copy(source, os.path.join(save_directory, "pipeline_affectverse.py"))
+        return out
 
     @classmethod
     def from_model_config(cls, config, base_processor, **kwargs):

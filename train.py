@@ -505,7 +505,8 @@ def export(trainer, processor, model_args, data_args, out: Path):
     (absolute when it is a local folder, so ``AutoPeftModelForCausalLM.from_pretrained(out / "adapter",
     trust_remote_code=True)`` loads base + adapter), or, for the tiny preset, a description of the random base (it is
     not saved: rebuild it from the seed), and ``task_type`` CAUSAL_LM. The merged ``config.json`` records the
-    adapter it folded in (``merged_adapter``: its sha256), so a loader can refuse to apply it a second time.
+    adapter it folded in (``merged_adapter``: its sha256), so a loader can refuse to apply it a second time, and the
+    ``emotion-recognition`` pipeline (``custom_pipelines``; the processor's save copies ``pipeline_affectverse.py``).
     Returns the merged model on the main process (None elsewhere). Merging folds LoRA into the trainer's model in
     place: call it after training.
     """
@@ -531,6 +532,9 @@ def export(trainer, processor, model_args, data_args, out: Path):
     merged = model.merge_and_unload()
     merged.config.merged_adapter = {"sha256": hashlib.sha256((out / "adapter" / "adapter_model.safetensors")
                                                              .read_bytes()).hexdigest(), "folder": "adapter"}
+    from pipeline_affectverse import CUSTOM_PIPELINES
+
+    merged.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("emotion-recognition", model=out, ...)
     merged.save_pretrained(str(out))  # the classes register for auto classes: code files and auto_map come along
     processor.save_pretrained(str(out))
     return merged

@@ -21,7 +21,7 @@ logger = logging.getLogger("affectverse")
 
 SUBTITLE_COLUMNS = ("subtitle", "english", "sentence", "text", "chinese")  # first one present is read
 REMOTE_CODE_FILES = ("configuration_affectverse.py", "modeling_affectverse.py", "ewm_affectverse.py",
-                     "processing_affectverse.py", "media_affectverse.py")
+                     "processing_affectverse.py", "media_affectverse.py", "pipeline_affectverse.py")
 BASE_MODEL = "Qwen/Qwen2.5-Omni-7B"
 PAPER = "https://arxiv.org/abs/2605.19950"
 # The Hub task that matches what the model does: video (+ audio) + text in, text out. "any-to-any" would promise

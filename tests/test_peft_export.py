@@ -44,7 +44,9 @@ def test_adapter_names_a_loadable_base_and_the_merged_folder_names_its_adapter(t
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, merged(**batch).logits, atol=1e-4)
     sha = hashlib.sha256((out / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
-    assert json.loads((out / "config.json").read_text())["merged_adapter"] == {"sha256": sha, "folder": "adapter"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["merged_adapter"] == {"sha256": sha, "folder": "adapter"}
+    assert "emotion-recognition" in config["custom_pipelines"] and (out / "pipeline_affectverse.py").is_file()
 
 
 def test_tiny_preset_adapter_says_what_its_base_is(tmp_path):
