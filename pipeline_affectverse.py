@@ -24,6 +24,7 @@ import re
 
 from transformers import AutoModelForCausalLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.any_to_any import AnyToAnyPipeline
 
 try:  # remote code: a package in transformers' module cache
     from .media_affectverse import probe
@@ -32,8 +33,15 @@ except ImportError:  # a clone or an installed wheel: flat top-level modules
 
 TASK = "emotion-recognition"
 # What config.json's ``custom_pipelines`` holds so that pipeline(TASK, model=folder, trust_remote_code=True) finds it.
-CUSTOM_PIPELINES = {TASK: {"impl": "pipeline_affectverse.EmotionRecognitionPipeline", "pt": ["AutoModelForCausalLM"],
-                           "type": "multimodal"}}
+# "any-to-any" is transformers' own task (a Qwen2.5-Omni conversation in, text out, through the processor's
+# apply_chat_template); it is listed here (not in the global registry, which would replace the task for every model)
+# so that the folder's model loads through its auto_map's AutoModelForCausalLM.
+CUSTOM_PIPELINES = {
+    TASK: {"impl": "pipeline_affectverse.EmotionRecognitionPipeline", "pt": ["AutoModelForCausalLM"],
+           "type": "multimodal"},
+    "any-to-any": {"impl": "pipeline_affectverse.AffectVerseAnyToAnyPipeline", "pt": ["AutoModelForCausalLM"],
+                   "type": "multimodal"},
+}
 
 
 def _answer_labels(answer: str) -> list[str]:
@@ -105,7 +113,13 @@ class EmotionRecognitionPipeline(Pipeline):
         return [{"answer": a.strip(), "labels": _answer_labels(a)} for a in answers]
 
 
+class AffectVerseAnyToAnyPipeline(AnyToAnyPipeline):
+    """transformers' ``any-to-any`` pipeline, unchanged: ``pipeline("any-to-any", model=folder,
+    trust_remote_code=True)(text=conversation)`` (the conversation as [`AffectVerseProcessor.apply_chat_template`]
+    takes it). It exists so that ``custom_pipelines`` can name a class of this folder."""
+
+
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=EmotionRecognitionPipeline, pt_model=AutoModelForCausalLM,
                                     type="multimodal")
 
-__all__ = ["CUSTOM_PIPELINES", "EmotionRecognitionPipeline", "TASK"]
+__all__ = ["CUSTOM_PIPELINES", "AffectVerseAnyToAnyPipeline", "EmotionRecognitionPipeline", "TASK"]

@@ -63,3 +63,16 @@ def test_pipeline_takes_a_path_a_dict_and_a_batched_list(folder, media):
 ])
 def test_labels_from_the_answer(answer, labels):
     assert _answer_labels(answer) == labels
+
+
+def test_transformers_any_to_any_task_serves_the_folder(folder, media):
+    from transformers import pipeline
+
+    pipe = pipeline("any-to-any", model=str(folder), trust_remote_code=True)
+    conversation = [{"role": "user", "content": [{"type": "video", "video": media["good"]},
+                                                 {"type": "text", "text": "How does the character feel?"}]}]
+    out = pipe(text=conversation, max_new_tokens=4, load_audio_from_video=True)
+    batch = pipe.processor.apply_chat_template(conversation, tokenize=True, return_dict=True, load_audio_from_video=True)
+    tokens = pipe.model.generate(**batch, max_new_tokens=4, do_sample=False)
+    expected = pipe.processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+    assert out[0]["generated_text"][-1] == {"role": "assistant", "content": expected}
