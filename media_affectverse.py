@@ -104,7 +104,8 @@ def _decoder_errors(backend: str) -> tuple:
 
 
 def sample_indices(n_frames: int, src_fps: float, fps: float, keep_ratio: float = 1.0) -> tuple[list[int], float]:
-    """Frame indices at ``fps`` (capped at ``src_fps``) over the first ``keep_ratio`` of ``n_frames``; (indices, fps)."""
+    """Frame indices at ``fps`` (capped at ``src_fps``) over the first ``keep_ratio`` of ``n_frames``;
+    (indices, fps)."""
     kept = max(1, math.ceil(n_frames * keep_ratio - 1e-9))
     rate = min(fps, src_fps)
     count = max(1, int(kept / src_fps * rate + 1e-6))
@@ -313,5 +314,6 @@ def _chain(*iterables):
         yield from it
 
 
-__all__ = ["MediaError", "MediaInfo", "VideoClip", "audio_seconds", "load_audio", "load_video", "probe", "sample_indices",
+__all__ = ["MediaError", "MediaInfo", "VideoClip", "audio_seconds", "load_audio", "load_video", "probe",
+           "sample_indices",
            "uniform_subset", "video_backend"]

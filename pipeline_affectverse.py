@@ -1,8 +1,8 @@
 """The ``emotion-recognition`` pipeline: a clip in, AffectVerse's answer and its emotion labels out.
 
-Remote code: imports only transformers, the standard library and its sibling file at module level; it travels in every checkpoint
-folder (``AffectVerseProcessor.save_pretrained`` copies it, ``train.py``'s export writes ``custom_pipelines`` into
-``config.json``), so::
+Remote code: imports only transformers, the standard library and its sibling file at module level. It travels in
+every checkpoint folder (``processing_affectverse`` imports it, so ``save_pretrained`` copies it with the processor's
+code; ``train.py``'s export writes ``custom_pipelines`` into ``config.json``), so::
 
     >>> from transformers import pipeline
     >>> pipe = pipeline("emotion-recognition", model="path/to/affectverse", trust_remote_code=True)

@@ -1,7 +1,8 @@
 """AffectVerse processor: AffectGPT-style emotion chats for the Qwen2.5-Omni thinker, with belief placeholders.
 
 Remote code: imports only torch, transformers and its sibling files at module level; decord and PyAV are imported
-inside the media loaders of ``media_affectverse`` (a checkpoint folder loads without them). Shapes: T frames, N audio samples, L tokens.
+inside the media loaders of ``media_affectverse`` (a checkpoint folder loads without them). Shapes: T frames, N audio
+samples, L tokens.
 
 One sample is a dict ``{"video", "audio", "subtitle", "question", "answer", "name"}``, every key optional:
 
@@ -48,7 +49,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from typing import NamedTuple
 
 import torch
@@ -58,10 +58,12 @@ try:  # remote code: a package in transformers' module cache
     from .configuration_affectverse import BELIEF_TOKEN, belief_split
     from .media_affectverse import (MediaError, VideoClip, audio_seconds, load_audio, load_video, probe,
                                     sample_indices, uniform_subset)
+    from .pipeline_affectverse import TASK as PIPELINE_TASK  # noqa: F401  (so the pipeline file ships with the code)
 except ImportError:  # a clone or an installed wheel: flat top-level modules
     from configuration_affectverse import BELIEF_TOKEN, belief_split
     from media_affectverse import (MediaError, VideoClip, audio_seconds, load_audio, load_video, probe, sample_indices,
                                    uniform_subset)
+    from pipeline_affectverse import TASK as PIPELINE_TASK  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -146,15 +148,6 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         self.video_backend = video_backend  # None: decord where it imports, else PyAV (media_affectverse)
         self.belief_token = BELIEF_TOKEN
         self.belief_token_id = self.tokenizer.convert_tokens_to_ids(BELIEF_TOKEN)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """The stock save, plus ``pipeline_affectverse.py`` (the ``emotion-recognition`` pipeline, remote code) beside
-        the processor's own code files, so a saved folder serves ``pipeline(..., trust_remote_code=True)``."""
-        out = super().save_pretrained(save_directory, *args, **kwargs)
-        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_affectverse.py")
-        if os.path.isfile(source):
-            shutil.copy(source, os.path.join(save_directory, "pipeline_affectverse.py"))
-        return out
 
     @classmethod
     def from_model_config(cls, config, base_processor, **kwargs):

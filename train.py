@@ -506,7 +506,7 @@ def export(trainer, processor, model_args, data_args, out: Path):
     trust_remote_code=True)`` loads base + adapter), or, for the tiny preset, a description of the random base (it is
     not saved: rebuild it from the seed), and ``task_type`` CAUSAL_LM. The merged ``config.json`` records the
     adapter it folded in (``merged_adapter``: its sha256), so a loader can refuse to apply it a second time, and the
-    ``emotion-recognition`` pipeline (``custom_pipelines``; the processor's save copies ``pipeline_affectverse.py``).
+    pipelines (``custom_pipelines``; the processor's code files include ``pipeline_affectverse.py``).
     Returns the merged model on the main process (None elsewhere). Merging folds LoRA into the trainer's model in
     place: call it after training.
     """

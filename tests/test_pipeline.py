@@ -52,7 +52,8 @@ def test_pipeline_takes_a_path_a_dict_and_a_batched_list(folder, media):
     model, proc = pipe.model, pipe.processor
     prompts = proc([{"video": media["good"], "audio": "video"}], training=False)
     tokens = model.generate(**prompts, max_new_tokens=4, do_sample=False)
-    assert one["answer"] == proc.batch_decode(tokens[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+    new = tokens[:, prompts["input_ids"].shape[1]:]
+    assert one["answer"] == proc.batch_decode(new, skip_special_tokens=True)[0].strip()
     with pytest.raises(TypeError, match="input 0"):
         pipe([3])
 
@@ -72,7 +73,8 @@ def test_transformers_any_to_any_task_serves_the_folder(folder, media):
     conversation = [{"role": "user", "content": [{"type": "video", "video": media["good"]},
                                                  {"type": "text", "text": "How does the character feel?"}]}]
     out = pipe(text=conversation, max_new_tokens=4, load_audio_from_video=True)
-    batch = pipe.processor.apply_chat_template(conversation, tokenize=True, return_dict=True, load_audio_from_video=True)
+    batch = pipe.processor.apply_chat_template(conversation, tokenize=True, return_dict=True,
+                                               load_audio_from_video=True)
     tokens = pipe.model.generate(**batch, max_new_tokens=4, do_sample=False)
     expected = pipe.processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0]
     assert out[0]["generated_text"][-1] == {"role": "assistant", "content": expected}
