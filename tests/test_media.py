@@ -128,3 +128,21 @@ def test_pyav_seeking_gives_the_frames_of_a_full_decode(long_clip, monkeypatch):
         other = load_video(long_clip, max_frames=6, backend="decord")
         assert other.timestamps == seeked.timestamps
         assert np.abs(other.frames.astype(int) - seeked.frames.astype(int)).max() <= 8
+
+
+@pytest.mark.parametrize("platform,machine,installs", [
+    ("linux", "x86_64", True), ("win32", "AMD64", True), ("darwin", "arm64", False), ("darwin", "x86_64", False),
+    ("linux", "aarch64", False),
+])
+def test_decord_is_required_only_where_it_has_a_wheel(platform, machine, installs):
+    """decord 0.6.0's wheels: manylinux2010_x86_64 and win_amd64 only; elsewhere pip must not ask for it."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    decord = [Requirement(r) for r in pyproject["project"]["dependencies"] if r.startswith("decord")]
+    assert len(decord) == 1 and decord[0].marker.evaluate({"sys_platform": platform, "platform_machine": machine}) \
+        is installs
+    assert any(r.startswith("av") for r in pyproject["project"]["dependencies"])  # the fallback is always there
