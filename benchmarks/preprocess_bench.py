@@ -90,7 +90,7 @@ def main(argv=None):
         for workers in args.workers:
             ratio = " / ".join(f"{results[n][workers]:.1f}" for n in names)
             print(f"num_workers={workers}: clips/s {' / '.join(names)} = {ratio} "
-                  f"({results[names[1]][workers] / results[names[0]][workers]:.2f}x)")
+                  f"({names[1]} / {names[0]} = {results[names[1]][workers] / results[names[0]][workers]:.2f}x)")
 
 
 def bench_backend(rows, backend: str, args) -> dict[int, float]:
