@@ -146,3 +146,20 @@ def test_decord_is_required_only_where_it_has_a_wheel(platform, machine, install
     assert len(decord) == 1 and decord[0].marker.evaluate({"sys_platform": platform, "platform_machine": machine}) \
         is installs
     assert any(r.startswith("av") for r in pyproject["project"]["dependencies"])  # the fallback is always there
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_planned_decoding_equals_decoding_everything_first(long_clip, backend):
+    """Decoding only the kept frames and audio gives the batch that decoding the whole clip and then applying the
+    length rule gives (the same frames, the same 30 s of audio)."""
+    import torch
+
+    proc = tiny_processor(video_backend=backend)
+    planned = proc([{"video": long_clip, "audio": "video", "subtitle": "Hi.", "answer": ANSWER}])
+    clip = load_video(long_clip, proc.fps, proc.frame_size, backend=backend)
+    everything = proc([{"video": clip, "audio": load_audio(long_clip, expected_duration=clip.duration),
+                        "subtitle": "Hi.", "answer": ANSWER}])
+    assert clip.frames.shape[0] == 180
+    for key in ("input_ids", "labels", "pixel_values_videos", "video_grid_thw", "video_second_per_grid",
+                "input_features", "feature_attention_mask"):
+        assert torch.equal(planned[key], everything[key]), key
