@@ -176,7 +176,7 @@ def _probe_av(path: str, what: str = "video") -> MediaInfo:
             video = container.streams.video[0]
             fps = float(video.average_rate or video.guessed_rate or 0)
             seconds = _stream_seconds(video, container) or 0.0
-            n_frames = video.frames or round(seconds * fps)
+            n_frames = video.frames or int(seconds * fps + 1e-3)  # no frame count in the header: never overestimate
     except MediaError:
         raise
     except _decoder_errors("av") as err:

@@ -136,8 +136,9 @@ def test_pyav_seeking_gives_the_frames_of_a_full_decode(long_clip, monkeypatch):
 ])
 def test_decord_is_required_only_where_it_has_a_wheel(platform, machine, installs):
     """decord 0.6.0's wheels: manylinux2010_x86_64 and win_amd64 only; elsewhere pip must not ask for it."""
-    import tomllib
     from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     from packaging.requirements import Requirement
 
