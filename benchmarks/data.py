@@ -480,11 +480,17 @@ def load_manifest(path, split: str | None = None, check_media: bool = False) -> 
 
 
 def merge_benchmarks(parts) -> datasets.Dataset:
-    """Concatenate datasets from these readers (e.g. the training sets of all nine), keeping the FEATURES columns."""
+    """Concatenate datasets from these readers (e.g. the training sets of all nine), keeping the FEATURES columns.
+    A dataset from before the typed label columns gets them from its JSON ``label``."""
     parts = list(parts)
     if not parts:
         raise ValueError("merge_benchmarks: no datasets given")
     for i, part in enumerate(parts):
+        if "label" in part.column_names and not set(TYPED_LABELS) & set(part.column_names):
+            typed = [typed_label(decode_label(x)) for x in part["label"]]
+            for column in TYPED_LABELS:
+                part = part.add_column(column, [t[column] for t in typed], feature=FEATURES[column])
+            parts[i] = part
         missing = [c for c in FEATURES if c not in part.column_names]
         if missing:
             raise ValueError(f"merge_benchmarks: dataset {i} lacks columns {missing}")

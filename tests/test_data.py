@@ -218,6 +218,8 @@ def test_typed_label_columns_merge_and_read_directly(tmp_path):
     assert (merged.features["valence"].dtype, merged.features["labels"].feature.dtype) == ("float64", "string")
     assert [label_value(r) for r in merged] == [["calm", "tired"], -0.4, "happy"]
     assert label_value({"name": "old", "label": '"sad"'}) == "sad"  # a row from before the typed columns
+    old = merged.remove_columns(["emotion", "valence", "labels"])  # a dataset saved before them still merges
+    assert merge_benchmarks([old])["labels"] == merged["labels"]
     with pytest.raises(KeyError, match="'x' has no label column"):
         label_value({"name": "x"})
 
