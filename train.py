@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fnmatch
+import hashlib
 import json
 import logging
 import shutil
@@ -404,15 +405,14 @@ def closed_label_set(benchmark: str, data_args, train_labels: set[str]) -> tuple
 
 def check_labels(train, evaluation, data_args) -> dict[str, tuple[str, ...]]:
     """Every emotion-word label must be in its benchmark's closed set; returns {benchmark: label set}."""
-    from benchmarks.data import decode_label
     from benchmarks.scoring import map_to_label_set
 
     seen = {}  # benchmark -> [(split, label, name)]
     for split, ds in (("train", train), ("eval", evaluation)):
-        columns = (ds[c] for c in ("benchmark", "task", "label", "name")) if ds is not None else ((),)
+        columns = (ds[c] for c in ("benchmark", "task", "emotion", "name")) if ds is not None else ((),)
         for bench, task, label, name in zip(*columns):
             if task == "emotion":
-                seen.setdefault(bench, []).append((split, str(decode_label(label)).lower().strip(), name))
+                seen.setdefault(bench, []).append((split, str(label).lower().strip(), name))
     sets, problems = {}, []
     for bench, items in seen.items():
         label_set = closed_label_set(bench, data_args, {label for split, label, _ in items if split == "train"})
@@ -753,7 +753,6 @@ def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, m
     """Greedy answers for the first ``n_samples`` held-out emotion samples, mapped onto their closed label set."""
     from processing_affectverse import AffectVerseCollator
 
-    from benchmarks.data import decode_label
     from benchmarks.run import to_device
     from benchmarks.scoring import extract_labels, map_to_label_set
 
@@ -770,7 +769,7 @@ def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, m
         answers = processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         for row, answer in zip(chunk, answers):
             label_set = label_sets[row["benchmark"]]
-            truth = map_to_label_set([str(decode_label(row["label"])).lower()], label_set)
+            truth = map_to_label_set([row["emotion"].lower()], label_set)
             guess = map_to_label_set(extract_labels(answer), label_set)
             correct += guess == truth
             examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess})
@@ -783,6 +782,12 @@ def export(trainer, processor, model_args, data_args, out: Path, record: dict | 
            facts: dict | None = None):
     """Write the adapter + EWM weights to out/adapter, and the merged model, processor and model card to out.
 
+    ``adapter/adapter_config.json`` records the base: ``base_model_name_or_path`` is ``--model_name_or_path``
+    (absolute when it is a local folder, so ``AutoPeftModelForCausalLM.from_pretrained(out / "adapter",
+    trust_remote_code=True)`` loads base + adapter), or, for the tiny preset, a description of the random base (it is
+    not saved: rebuild it from the seed), and ``task_type`` CAUSAL_LM. The merged ``config.json`` records the
+    adapter it folded in (``merged_adapter``: its sha256), so a loader can refuse to apply it a second time, and the
+    pipelines (``custom_pipelines``; the processor's code files include ``pipeline_affectverse.py``).
     Returns the merged model on the main process (None elsewhere). Merging folds LoRA into the trainer's model in
     place: call it after training. ``record`` (run_args.json) and ``facts`` (:func:`card_facts`) go into the card.
     """
@@ -791,12 +796,22 @@ def export(trainer, processor, model_args, data_args, out: Path, record: dict | 
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return None
+    adapter_config = out / "adapter" / "adapter_config.json"
+    adapter = json.loads(adapter_config.read_text())
+    base = model_args.model_name_or_path
+    adapter["base_model_name_or_path"] = str(Path(base).resolve()) if base and Path(base).is_dir() else base or (
+        f"affectverse-tiny-random: not saved; AffectVerseForConditionalGeneration(benchmarks.tiny.tiny_config("
+        f"{model_args.ewm_overrides or ''})) built after transformers.set_seed({trainer.args.seed})")
+    adapter["task_type"] = "CAUSAL_LM"
+    adapter_config.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
     if trainer.is_fsdp_enabled:  # parameters are sharded: rebuild from the saved adapter on the CPU
         base, _ = load_model(model_args, data_args, trainer.args)
         model = PeftModel.from_pretrained(base, str(out / "adapter"))
     else:
         model = trainer.accelerator.unwrap_model(trainer.model)
     merged = model.merge_and_unload()
+    merged.config.merged_adapter = {"sha256": hashlib.sha256((out / "adapter" / "adapter_model.safetensors")
+                                                             .read_bytes()).hexdigest(), "folder": "adapter"}
     with explain_disk_full(out, "exporting the merged model to"):
         # the classes register for auto classes: code files and auto_map come along; README.md is the model card
         hub.export_for_hub(merged, processor, out, training_args=record, base_model=card_base_model(model_args),

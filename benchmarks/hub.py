@@ -17,12 +17,13 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import filter_repo_objects
 
 from benchmarks.score import BENCHMARKS
+from pipeline_affectverse import CUSTOM_PIPELINES
 
 logger = logging.getLogger("affectverse")
 
 SUBTITLE_COLUMNS = ("subtitle", "english", "sentence", "text", "chinese")  # first one present is read
 REMOTE_CODE_FILES = ("configuration_affectverse.py", "modeling_affectverse.py", "ewm_affectverse.py",
-                     "processing_affectverse.py")
+                     "processing_affectverse.py", "media_affectverse.py", "pipeline_affectverse.py")
 BASE_MODEL = "Qwen/Qwen2.5-Omni-7B"
 PAPER = "https://arxiv.org/abs/2605.19950"
 # Title and authors as on the paper's first page (arXiv:2605.19950v1, cs.CV, 19 May 2026).
@@ -346,6 +347,7 @@ def export_for_hub(model, processor, out_dir, eval_summary=None, training_args=N
     out = Path(out_dir)
     model = _merged(model)
     _check_pair(model, processor)
+    model.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("emotion-recognition", model=out, ...)
     reports = read_eval_summary(eval_summary) if eval_summary is not None else {}
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, max_shard_size=max_shard_size)

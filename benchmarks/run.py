@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.data import BENCHMARKS as DATASETS
-from benchmarks.data import canonical_name, decode_label, load_benchmark, load_manifest
+from benchmarks.data import canonical_name, label_value, load_benchmark, load_manifest
 from benchmarks.score import BENCHMARKS as SCORERS
 from benchmarks.score import KINDS, MAIN_METRICS
 from benchmarks.scoring import (
@@ -382,7 +382,7 @@ def score_run(groups, modalities, keep_ratios, store, wheel) -> dict:
     results = []
     for bench, rows in groups.items():
         task = rows[0]["task"]
-        gts = [decode_label(r["label"]) for r in rows]
+        gts = [label_value(r) for r in rows]
         for modality in modalities:
             for kappa in keep_ratios:
                 records = [store.records.get(result_key(bench, modality.key, kappa, r["name"])) for r in rows]
