@@ -4,7 +4,7 @@ Media are probed with PyAV: the container must open, hold the streams the sample
 stream in a ``.wav`` or, when the sample's audio is the video's own track, in the video), declare a duration, and
 decode at its start and near its end (a file cut short fails there, or ends early; a ``.wav`` whose header
 announces more samples than the file holds is caught the same way). Shortfalls are judged by the processor's
-rule (``processing_affectverse.AUDIO_SHORTFALL``: more than max(0.25 s, 10 %) missing). Files are probed in
+rule (``media_affectverse.AUDIO_SHORTFALL``: more than max(0.25 s, 10 %) missing). Files are probed in
 parallel (threads: PyAV decodes outside the GIL) and the verdicts are cached in a JSON file keyed by (path, size,
 mtime), so resuming a run does not probe again.
 
@@ -31,7 +31,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from processing_affectverse import AUDIO_SHORTFALL, answer_from_label
+from media_affectverse import AUDIO_SHORTFALL
+from processing_affectverse import answer_from_label
 
 logger = logging.getLogger(__name__)
 
