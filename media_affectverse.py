@@ -80,7 +80,7 @@ def _import(name: str):
         raise ImportError(f"AffectVerse media loading with {name} needs it installed: {hint}") from err
 
 
-def _reason(err: Exception) -> str:
+def decoder_reason(err: Exception) -> str:
     """The informative part of a decoder error (without decord's ``[time] source.cc:line:`` prefixes)."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     text = re.sub(r"^\[Errno -?\d+\] |: '[^']*'$", "", text)  # PyAV's errno prefix and file name suffix
@@ -117,7 +117,7 @@ def uniform_subset(count: int, keep: int) -> list[int]:
     return [(2 * k + 1) * count // (2 * keep) for k in range(keep)] if keep < count else list(range(count))
 
 
-def _wav_duration(path: str) -> float | None:
+def wav_duration(path: str) -> float | None:
     """Duration the header of a PCM wav declares (None when it is not one the ``wave`` module reads)."""
     try:
         with wave.open(path, "rb") as wav:
@@ -149,13 +149,13 @@ def _probe_decord(path: str) -> MediaInfo:
         reader = decord.VideoReader(path, width=16, height=16, num_threads=1)
         n_frames, fps = len(reader), float(reader.get_avg_fps())
     except _decoder_errors("decord") as err:
-        raise MediaError(path, f"unreadable, truncated or corrupt video ({_reason(err)})") from None
+        raise MediaError(path, f"unreadable, truncated or corrupt video ({decoder_reason(err)})") from None
     if n_frames == 0 or fps <= 0:
         raise MediaError(path, "no video frames")
     return MediaInfo(n_frames, fps, n_frames / fps, None)
 
 
-def _stream_seconds(stream, container) -> float | None:
+def stream_seconds(stream, container) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     return container.duration / 1e6 if container.duration else None
@@ -168,19 +168,19 @@ def _probe_av(path: str, what: str = "video") -> MediaInfo:
     try:
         with av.open(path) as container:
             audio = container.streams.audio[0] if container.streams.audio else None
-            audio_seconds = None if audio is None else (_stream_seconds(audio, container) or 0.0)
+            audio_seconds = None if audio is None else (stream_seconds(audio, container) or 0.0)
             if not container.streams.video and what == "audio":
                 return MediaInfo(0, 0.0, audio_seconds or 0.0, audio_seconds)
             if not container.streams.video:
                 raise MediaError(path, "no video track")
             video = container.streams.video[0]
             fps = float(video.average_rate or video.guessed_rate or 0)
-            seconds = _stream_seconds(video, container) or 0.0
+            seconds = stream_seconds(video, container) or 0.0
             n_frames = video.frames or int(seconds * fps + 1e-3)  # no frame count in the header: never overestimate
     except MediaError:
         raise
     except _decoder_errors("av") as err:
-        raise MediaError(path, f"unreadable, truncated or corrupt {what} ({_reason(err)})") from None
+        raise MediaError(path, f"unreadable, truncated or corrupt {what} ({decoder_reason(err)})") from None
     if n_frames == 0 or fps <= 0:
         raise MediaError(path, "no video frames")
     return MediaInfo(n_frames, fps, n_frames / fps, audio_seconds)
@@ -189,7 +189,7 @@ def _probe_av(path: str, what: str = "video") -> MediaInfo:
 def audio_seconds(path) -> float | None:
     """Duration of an audio file's track from its wav header or metadata (None when unknown). Raises MediaError."""
     path = _check_file(path)
-    declared = _wav_duration(path) if path.lower().endswith(".wav") else None
+    declared = wav_duration(path) if path.lower().endswith(".wav") else None
     return declared if declared is not None else _probe_av(path, "audio").audio_duration
 
 
@@ -212,7 +212,7 @@ def load_video(path, fps: float = 3.0, size: int = 224, keep_ratio: float = 1.0,
         frames = _decord_frames(path, indices, size) if backend == "decord" else \
             _av_frames(path, indices, info.fps, size)
     except _decoder_errors(backend) as err:
-        raise MediaError(path, f"unreadable, truncated or corrupt video ({_reason(err)})") from None
+        raise MediaError(path, f"unreadable, truncated or corrupt video ({decoder_reason(err)})") from None
     return VideoClip(frames, rate, [i / info.fps for i in indices], info.duration)
 
 
@@ -262,7 +262,7 @@ def load_audio(path_or_video, sr: int = 16000, keep_ratio: float = 1.0, expected
     duration), else the track's metadata; a shortfall over ``max(0.25 s, 10 %)`` raises. Raises MediaError.
     """
     path = _check_file(path_or_video)
-    declared = _wav_duration(path) if path.lower().endswith(".wav") else None
+    declared = wav_duration(path) if path.lower().endswith(".wav") else None
     expected = declared if declared is not None else expected_duration
     if expected is None:
         expected = _probe_av(path, "audio").audio_duration
@@ -303,7 +303,7 @@ def _av_audio(path: str, sr: int, max_samples: int | None):
         raise
     except _decoder_errors("av") as err:
         if total == 0:
-            raise MediaError(path, f"unreadable, truncated or corrupt audio ({_reason(err)})") from None
+            raise MediaError(path, f"unreadable, truncated or corrupt audio ({decoder_reason(err)})") from None
         # a truncated file: keep what decoded, the length check of load_audio decides
     audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return audio[:max_samples].astype("float32", copy=False)
