@@ -471,30 +471,28 @@ class AffectVerseTrainer(Trainer):
 @torch.no_grad()
 def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, max_new_tokens: int,
                         batch_size: int = 4) -> dict | None:
-    """Greedy answers for the first ``n_samples`` held-out emotion samples, mapped onto their closed label set."""
-    from processing_affectverse import AffectVerseCollator
+    """Greedy answers for the first ``n_samples`` held-out emotion samples, mapped onto their closed label set.
 
+    Runs on ``benchmarks.engine.Engine`` (media decoded in this process; a clip that fails counts as wrong)."""
     from benchmarks.data import decode_label
-    from benchmarks.run import to_device
+    from benchmarks.engine import MODALITIES, Engine, Setting
     from benchmarks.scoring import extract_labels, map_to_label_set
 
     rows = [r for r in dataset if r["task"] == "emotion" and r["benchmark"] in label_sets][:n_samples]
     if not rows:
         return None
-    collate = AffectVerseCollator(processor, training=False)
     model.eval()
+    engine = Engine(model, processor, max_new_tokens, batch_size, num_workers=0)
     correct, examples = 0, []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        batch = to_device(collate(chunk), model)
-        tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        answers = processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for row, answer in zip(chunk, answers):
+    for _, chunk, results in engine.run(engine.batches([(Setting(MODALITIES["avt"]), row) for row in rows])):
+        for row, result in zip(chunk, results):
             label_set = label_sets[row["benchmark"]]
             truth = map_to_label_set([str(decode_label(row["label"])).lower()], label_set)
-            guess = map_to_label_set(extract_labels(answer), label_set)
-            correct += guess == truth
-            examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess})
+            answer = result.get("answer", "")
+            guess = map_to_label_set(extract_labels(answer), label_set) if result["status"] == "ok" else None
+            correct += result["status"] == "ok" and guess == truth
+            examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess,
+                             **({"error": result["reason"]} if result["status"] == "error" else {})})
     sets = {tuple(label_sets[r["benchmark"]]) for r in rows}
     label_set = list(sets.pop()) if len(sets) == 1 else None  # for the chance level, when there is one set
     return {"accuracy": correct / len(rows), "n": len(rows), "label_set": label_set, "examples": examples[:8]}

@@ -56,7 +56,8 @@ def cli_args(inputs, out, *extra) -> list[str]:
 
 
 def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines()
+    """The prediction lines of a store (its header and setting declarations left out)."""
+    return [line for line in path.read_text().splitlines() if '"setting_id"' in line and '"kind"' not in line]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def finished(inputs, tmp_path_factory):
         first = lines(out / run.PREDICTIONS)
         calls_first, scored_early = list(calls), (out / run.SCORES).exists()
         with open(out / run.PREDICTIONS, "a") as fh:
-            fh.write('{"name": "clip_00002", "benchmark": "manif')  # killed mid-write
+            fh.write('{"setting_id": "avt-k1", "name": "clip_00002", "benchmark": "manif')  # killed mid-write
         assert run.main(cli_args(inputs, out)) == 0
         after_resume = lines(out / run.PREDICTIONS)
         calls_resume = calls[len(calls_first):]
@@ -148,7 +149,9 @@ def test_closed_set_scores_on_the_clip_labels(finished, inputs, tmp_path):
         if r["status"] == "ok" and r["modality"] == "avt" and r["keep_ratio"] == 1.0:
             r["labels"] = [inputs.labels[r["name"]]]  # the manifest's label word
         edited.append(json.dumps(r))
-    (out / run.PREDICTIONS).write_text("\n".join(edited) + "\n")
+    path = out / run.PREDICTIONS
+    head = [line for line in path.read_text().splitlines() if line not in set(lines(path))]  # header, settings
+    path.write_text("\n".join(head + edited) + "\n")
     assert run.main(cli_args(inputs, out)) == 0
     scores = {(s["modality"], s["keep_ratio"]): s for s in json.loads((out / run.SCORES).read_text())["results"]}
     full = scores[("avt", 1.0)]
