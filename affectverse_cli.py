@@ -103,8 +103,8 @@ def predict(args) -> int:
         raise ValueError("--batch-size and --max-new-tokens must be at least 1, --num-workers at least 0")
     procs = Processes()
     clips, out = find_clips(args.clips), Path(args.out)
-    if args.new_run and out.exists():
-        out = Path(procs.from_main(str(fresh_path(out))))
+    if args.new_run:  # the main process's choice holds for every process
+        out = Path(procs.from_main(str(fresh_path(out) if out.exists() else out)))
         logger.info("--new-run: a fresh run in %s", out)
     subtitles = read_subtitles(args.subtitle_file, args.subtitle_column) if args.subtitle_file else {}
     setting = Setting(MODALITIES["avt" if args.audio == "video" else "vt"])

@@ -93,11 +93,8 @@ def resolve_device(device: str | None = "auto", dtype: str = "auto") -> tuple[to
     per rank), else CUDA when present, else the CPU; dtype ``auto``: bfloat16 on CUDA (float16 without bf16
     support), float32 on the CPU."""
     if device in (None, "auto"):
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1:
-            from accelerate import PartialState
-
-            device = str(PartialState().device)
+        if _world_size() > 1:
+            device = str(_partial_state().device)
         else:
             device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
@@ -638,16 +635,25 @@ def shard_files(path: Path) -> list[Path]:
 
 
 # ======================================================================================================= loop
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _partial_state():
+    """accelerate's process state; on a machine without CUDA (or with ACCELERATE_USE_CPU) the ranks talk gloo."""
+    from accelerate import PartialState
+
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return PartialState(cpu=cpu)
+
+
 class Processes:
     """This process's rank among those ``accelerate launch`` / torchrun started (one process: no accelerate)."""
 
     def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.state = None
+        self.world, self.state = _world_size(), None
         if self.world > 1:
-            from accelerate import PartialState
-
-            self.state = PartialState()
+            self.state = _partial_state()
             self.world = self.state.num_processes
         self.rank = self.state.process_index if self.state else 0
         self.main = self.rank == 0

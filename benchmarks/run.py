@@ -374,8 +374,8 @@ def main(argv=None) -> int:
     if not groups:
         raise SystemExit("error: no samples to evaluate")
     out = Path(args.out)
-    if args.new_run and (out / PREDICTIONS).exists():
-        out = Path(procs.from_main(str(fresh_path(out))))
+    if args.new_run:  # the main process's choice holds for every process
+        out = Path(procs.from_main(str(fresh_path(out) if (out / PREDICTIONS).exists() else out)))
         logger.info("--new-run: a fresh run in %s", out)
     args.out = str(out)
     procs.barrier()
