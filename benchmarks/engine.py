@@ -711,6 +711,8 @@ def predict_to_store(path, run: dict, model_path: str, key_fields: Sequence[str]
                 logger.info("merged %s (left by an interrupted run) into %s", shard, path)
         except StoreError as err:
             error = str(err)
+            if store is not None:
+                store.close()
     error = procs.from_main(error)
     if error:
         raise StoreError(error)
