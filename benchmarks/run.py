@@ -67,7 +67,7 @@ from benchmarks.engine import (
     MEDIA_ERRORS,
     MODALITIES,
     Engine,
-    Modality,
+    Modality,  # noqa: F401 - re-exported: the modality settings are part of this module's interface
     PredictionStore,
     Processes,
     Setting,
@@ -75,7 +75,7 @@ from benchmarks.engine import (
     checkpoint_record,
     fresh_path,
     load_model,
-    modality_row,
+    modality_row,  # noqa: F401 - re-exported
     predict_to_store,
     resolve_device,
 )

@@ -206,6 +206,18 @@ def test_no_folder_code_runs_unless_asked(tiny, tmp_path):
     assert marker.exists()  # the check above can see code running
 
 
+def test_train_generation_accuracy_counts_a_bad_clip_as_wrong(tiny):
+    """Before: train.py's generation accuracy stopped at the first clip whose media did not load."""
+    import train
+
+    model, processor, rows, _ = tiny
+    data = [{**r, "task": "emotion", "benchmark": "manifest", "label": json.dumps("happy"), "subtitle": ""} for r in rows]
+    result = train.generation_accuracy(model, processor, data, {"manifest": ("happy", "sad")}, 3, 2, batch_size=2)
+    assert result["n"] == 3 and 0 <= result["accuracy"] <= 2 / 3
+    broken = result["examples"][1]
+    assert broken["name"] == "broken" and "corrupt.mp4" in broken["error"] and broken["prediction"] is None
+
+
 # ================================================================================================ progress
 def test_progress_logs_every_five_percent_or_thirty_seconds_when_not_a_terminal(caplog):
     now = [0.0]
