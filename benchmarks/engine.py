@@ -310,7 +310,7 @@ class Engine:
     def _results(self, setting, rows, batch, failed, decode_seconds) -> list[dict]:
         start = time.perf_counter()
         good = [row for row in rows if _name(row) not in failed]
-        outputs = {}
+        outputs, retried = {}, {}
         if good:
             try:
                 outputs = dict(zip(map(_name, good), zip(*self.generate(batch))))
@@ -323,19 +323,19 @@ class Engine:
                 else:
                     logger.warning("batch of %d failed (%s: %s); retrying clip by clip", len(good),
                                    type(err).__name__, err)
-                    return [result for row in rows for result in self.predict(setting, [row])]
+                    retried = {_name(row): self.predict(setting, [row])[0] for row in good}
         seconds = round((decode_seconds + time.perf_counter() - start) / len(rows), 4)
         results = []
         for row in rows:
             name = _name(row)
-            if name in failed:
+            if name in retried:
+                results.append(retried[name])
+            elif name in failed:
                 results.append({"status": "error", "reason": failed[name], "seconds": seconds})
-                continue
-            answer, share = outputs[name]
-            result = {"status": "ok", "answer": answer, "seconds": seconds}
-            if self.explain:
-                result["belief_attention"] = share
-            results.append(result)
+            else:
+                answer, share = outputs[name]
+                results.append({"status": "ok", "answer": answer, "seconds": seconds,
+                                **({"belief_attention": share} if self.explain else {})})
         return results
 
     @torch.no_grad()
