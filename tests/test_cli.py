@@ -144,6 +144,43 @@ def test_predict_with_other_settings_stops_naming_them_and_new_run_starts_beside
     assert header["run"]["generation"]["max_new_tokens"] == 1 and header["run"]["model"]["fingerprint"]
 
 
+def test_predict_without_audio_is_a_new_setting_not_the_old_answers(predictions, tiny_folder, media, tmp_path):
+    """Before: rerun with --audio none into the same file, predict said "6 already" and kept the A+V answers."""
+    clips, bad = media
+    out = tmp_path / "preds.jsonl"
+    out.write_bytes(predictions[0].read_bytes())
+    seen = []
+
+    class FakeEngine(Engine):
+        def run(self, jobs):
+            for setting, rows in jobs:
+                seen.extend(modality_row(r, setting.modality) for r in rows)
+                yield setting, rows, [{"status": "ok", "answer": "sad", "seconds": 0.0} for _ in rows]
+
+    with mock.patch.object(cli, "load_model", return_value=(None, None)), mock.patch.object(cli, "Engine", FakeEngine):
+        assert cli.main(["predict", str(tiny_folder[0]), str(clips[0].parent), str(bad["no_audio"]),
+                         str(bad["corrupt"]), "--out", str(out), "--max-new-tokens", str(TOKENS), "--sentiment",
+                         "--audio", "none"]) == 0
+    assert len(seen) == 6 and all(r["audio"] is None for r in seen)
+    records = read_jsonl(out)
+    assert [r["modality"] for r in records] == ["avt"] * 6 + ["vt"] * 6
+    assert records[:6] == predictions[1]
+
+
+def test_export_reads_the_scores_json_of_benchmarks_run(tiny_folder, tmp_path):
+    """Before: `affectverse export --eval-summary runs/x/scores.json` failed with "unknown benchmark 'errors'"."""
+    scores = {"errors": "a clip that failed to load counts as an empty answer", "results": [
+        {"benchmark": "mosi", "task": "sentiment", "modality": "avt", "setting": "A+V+T", "keep_ratio": 1.0,
+         "n": 4, "n_errors": 0, "main_metric": "non-zero weighted F1 (WAF)", "main_score": 80.0, "acc2": 81.0},
+        {"benchmark": "mosi", "task": "sentiment", "modality": "vt", "setting": "V+T", "keep_ratio": 1.0,
+         "n": 4, "n_errors": 0, "main_score": 10.0, "acc2": 11.0}]}
+    (tmp_path / "scores.json").write_text(json.dumps(scores))
+    assert cli.main(["export", str(tiny_folder[0]), str(tmp_path / "hub"), "--eval-summary",
+                     str(tmp_path / "scores.json")]) == 0
+    results = front_matter(tmp_path / "hub" / "README.md")["model-index"][0]["results"]
+    assert {m["value"] for r in results for m in r["metrics"]} == {80.0, 81.0}
+
+
 @pytest.mark.parametrize("kind", ["csv", "run_predictions", "broken_middle"])
 def test_predict_refuses_a_file_it_did_not_write_and_leaves_it_intact(predictions, tiny_folder, media, tmp_path,
                                                                       caplog, kind):
