@@ -89,14 +89,13 @@ class Setting:
 
 # ============================================================================================ device and model
 def resolve_device(device: str | None = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """(torch device, torch dtype). ``auto``/None: this process's accelerator under ``accelerate launch`` (one GPU
-    per rank), else CUDA when present, else the CPU; dtype ``auto``: bfloat16 on CUDA (float16 without bf16
+    """(torch device, torch dtype). ``auto``/None (or ``cuda``) under ``accelerate launch``: this process's own
+    device (one GPU per rank); otherwise ``auto`` is CUDA when present, else the CPU; dtype ``auto``: bfloat16 on CUDA (float16 without bf16
     support), float32 on the CPU."""
-    if device in (None, "auto"):
-        if _world_size() > 1:
-            device = str(_partial_state().device)
-        else:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device in (None, "auto", "cuda") and _world_size() > 1:  # one GPU per process, not all on cuda:0
+        device = str(_partial_state().device)
+    elif device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         if str(device).startswith("cuda"):
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -145,7 +144,7 @@ def _folder_of(name: str) -> Path | None:
         from transformers.utils import cached_file
 
         config = cached_file(name, "config.json", _raise_exceptions_for_missing_entries=False)
-    except OSError:
+    except (OSError, ValueError):  # not cached offline, or not a valid Hub id
         return None
     return Path(config).parent if config else None
 
