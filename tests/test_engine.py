@@ -134,6 +134,19 @@ def tiny(tmp_path_factory):
     return model, tiny_processor(), rows, root
 
 
+def test_fingerprint_follows_the_weights_not_the_folder(tiny, tmp_path):
+    import shutil
+
+    _, _, _, root = tiny
+    shutil.copytree(root / "model", tmp_path / "copy")
+    record = engine.checkpoint_record(str(root / "model"))
+    assert engine.checkpoint_record(str(tmp_path / "copy")) == record
+    assert record["processor"]["max_length"] == tiny_processor().max_length and "auto_map" not in record["processor"]
+    torch.manual_seed(5)
+    AffectVerseForConditionalGeneration(tiny_config()).save_pretrained(tmp_path / "copy")
+    assert engine.fingerprint(str(tmp_path / "copy")) != record["fingerprint"]
+
+
 def _decode_in(pid_dir):
     original = engine.decode
 
