@@ -1,6 +1,6 @@
 """End-to-end prediction throughput against the model alone, side by side in one run on the same clips.
 
-    python -m benchmarks.predict_bench [--clips 16 --seconds 4 --batch 2 --workers 2 --new-tokens 20 --repeats 2]
+    python -m benchmarks.predict_bench [--clips 16 --seconds 4 --batch 2 --workers 2 --new-tokens 20 --repeats 3]
 
 For each preset (``bench``: benchmarks/model_bench.py's dimensions, hidden 512, 8 layers, vocab 152064, where the
 model's cost dominates decoding as it does at 7B on a GPU; ``tiny``: the tiny test model, where decoding dominates)
@@ -11,7 +11,7 @@ it prints clips/s of
 - **model only**: the same batches decoded beforehand, generation alone;
 
 and their ratio (1.0: decoding is entirely hidden behind the model). Rounds alternate between the two (burn-in
-first) and the medians are reported. Decoding and the model share the machine's cores: on a small CPU the workers
+first) and the best round of each is reported (on a shared machine the fastest round is the least disturbed). Decoding and the model share the machine's cores: on a small CPU the workers
 slow the model down, on a GPU machine they do not.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -69,7 +68,7 @@ def measure(preset: str, rows: list[dict], args) -> dict:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    rate = {name: len(rows) / statistics.median(t) for name, t in times.items()}
+    rate = {name: len(rows) / min(t) for name, t in times.items()}
     tokens = int(decoded[0]["input_ids"].shape[1])
     return {"preset": preset, "decode_s_per_clip": decode_s, "prompt_tokens": tokens, **rate,
             "ratio": rate["end to end"] / rate["model only"]}
@@ -83,7 +82,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
