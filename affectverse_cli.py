@@ -129,12 +129,13 @@ def predict(args) -> int:
         return found
 
     start = time.perf_counter()
-    _, store, n_run = predict_to_store(out, record, args.model, ("path",), [(setting, row) for row in rows],
+    _, _, n_run = predict_to_store(out, record, args.model, ("path",), [(setting, row) for row in rows],
                                        lambda row: (row["name"],), make_engine, records,
                                        retry_errors=args.retry_errors, desc="predicting")
+    ok, errors = procs.total(counts["ok"]), procs.total(counts["error"])  # every process's clips
     if procs.main:
         per_clip = (time.perf_counter() - start) / max(n_run, 1)
-        print(f"affectverse predict: {counts['ok']} predicted, {counts['error']} errors, {len(clips) - n_run} "
+        print(f"affectverse predict: {ok} predicted, {errors} errors, {len(clips) - n_run} "
               f"already in {out} ({per_clip:.3f} s/clip){'' if procs.world == 1 else f', {procs.world} processes'}")
     return 0
 

@@ -203,6 +203,14 @@ def _identity(item):
     return item
 
 
+def _decode_worker_init(worker_id: int):
+    """Decoding workers yield the CPU to the model's process when cores are short (they are ahead anyway)."""
+    try:
+        os.nice(5)
+    except OSError:  # not permitted here: run at the same priority
+        pass
+
+
 class _DecodeJobs(torch.utils.data.Dataset):
     """Item i: job i's rows decoded and collated by ``AffectVerseCollator`` (inside a DataLoader worker).
 
@@ -295,7 +303,7 @@ class Engine:
             return
         loader = torch.utils.data.DataLoader(
             _DecodeJobs(self.processor, jobs), batch_size=None, collate_fn=_identity, num_workers=self.num_workers,
-            prefetch_factor=2 if self.num_workers else None)
+            prefetch_factor=2 if self.num_workers else None, worker_init_fn=_decode_worker_init)
         for i, batch, failed, decode_seconds in loader:
             setting, rows = jobs[i]
             yield setting, rows, self._results(setting, rows, batch, failed, decode_seconds)
@@ -670,11 +678,17 @@ class Processes:
         return broadcast_object_list([value], from_process=0)[0]
 
     def all(self, flag: bool) -> bool:
+        return all(self._gather(flag))
+
+    def total(self, n: int) -> int:
+        return sum(self._gather(n))
+
+    def _gather(self, value) -> list:
         if not self.state:
-            return flag
+            return [value]
         from accelerate.utils import gather_object
 
-        return all(gather_object([flag]))
+        return gather_object([value])
 
     def split(self, items: list) -> list:
         if not self.state:
@@ -690,7 +704,7 @@ def predict_to_store(path, run: dict, model_path: str, key_fields: Sequence[str]
                      retry_errors: bool = False, max_batches: int | None = None,
                      desc: str = "predicting") -> tuple[bool, PredictionStore | None, int]:
     """Predict every (setting, row) of ``work`` not yet in the store at ``path``; return (finished, the store
-    read back on the main process (None on the others), clips run here).
+    read back on the main process (None on the others), clips run by all processes).
 
     One process writes the store directly. Under ``accelerate launch`` the pending clips are split between the
     processes, each appends to its own shard file, and the main process merges the shards into the store at the
@@ -730,7 +744,7 @@ def predict_to_store(path, run: dict, model_path: str, key_fields: Sequence[str]
             finally:
                 if out is not store:
                     out.close()
-        finished = procs.all(finished)
+        finished, n_run = procs.all(finished), procs.total(n_run)
         procs.barrier()
         if procs.main and procs.world > 1:
             for shard in shard_files(path):

@@ -80,3 +80,26 @@ def test_a_shard_left_by_an_interrupted_run_is_merged_not_recomputed(single, mon
     assert sum(calls) == 5  # only the vt clips ran
     assert predictions(out) == predictions(root / "single") and not shard_files(out / run.PREDICTIONS)
 
+
+
+@pytest.mark.slow
+def test_predict_under_two_processes_gives_the_predictions_of_one(single, tmp_path):
+    root, _ = single
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    common = ["-m", "affectverse_cli", "predict", str(root / "model"), str(root / "clips" / "video"),
+              "--max-new-tokens", "3", "--device", "cpu", "--num-workers", "0", "--batch-size", "2"]
+    outs = {}
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc_per_node", "2"])):
+        outs[name] = tmp_path / f"{name}.jsonl"
+        done = subprocess.run([sys.executable, *launcher, *common, "--out", str(outs[name])], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+    assert "5 predicted, 0 errors, 0 already" in done.stdout and "2 processes" in done.stdout
+
+    def records(path):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in lines if "path" in r),
+                      key=lambda r: r["path"])
+
+    assert records(outs["two"]) == records(outs["one"]) and len(records(outs["one"])) == 5
+    assert not shard_files(outs["two"])
