@@ -6,7 +6,7 @@
 
 ``predict`` loads ``MODEL`` (a folder or a Hub id) with the project's own classes (the folder's Python files run
 only with ``--trust-remote-code``) and writes one JSON line per clip into a prediction store
-(:mod:`benchmarks.engine`: a header with the run's settings, see ``docs/usage.md`` for the fields); it resumes
+(:mod:`benchmarks.store`: a header with the run's settings, see ``docs/usage.md`` for the fields); it resumes
 where an earlier run stopped, refuses to mix settings (``--new-run`` starts a fresh file beside it) and runs on
 several GPUs with ``accelerate launch -m affectverse_cli predict ...``. ``export`` writes what a Hub model
 repository needs (sharded safetensors, config with ``auto_map``, processor and tokenizer files, the code files and
@@ -30,12 +30,12 @@ from benchmarks.engine import (
     Processes,
     Setting,
     checkpoint_record,
-    fresh_path,
     load_model,
     predict_to_store,
     resolve_device,
 )
 from benchmarks.hub import BASE_MODEL, export_for_hub, human_size, push_folder, upload_plan
+from benchmarks.store import fresh_path
 
 logger = logging.getLogger("affectverse")
 

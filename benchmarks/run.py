@@ -11,7 +11,7 @@ keep ratio asked for, then scores and reports:
 - **Generation**: :class:`benchmarks.engine.Engine`: batched (left padding), greedy, AffectGPT's question;
   ``--num-workers`` DataLoader workers decode the media ahead of the model; progress as a tqdm bar with ok/error
   counts (a log line every 5% or 30 s when the output is not a terminal).
-- **Predictions**: ``OUT/predictions.jsonl``, a :class:`benchmarks.engine.PredictionStore`: a header with the
+- **Predictions**: ``OUT/predictions.jsonl``, a :class:`benchmarks.store.PredictionStore`: a header with the
   run's settings (model fingerprint, processor, dtype, generation, extractor), then one line per clip and
   setting, fsynced per batch::
 
@@ -62,24 +62,21 @@ import torch
 
 from benchmarks.data import BENCHMARKS as DATASETS
 from benchmarks.data import canonical_name, decode_label, load_benchmark, load_manifest
-from benchmarks.score import BENCHMARKS as SCORERS
 from benchmarks.engine import (
     MEDIA_ERRORS,
     MODALITIES,
     Engine,
     Modality,  # noqa: F401 - re-exported: the modality settings are part of this module's interface
-    PredictionStore,
     Processes,
     Setting,
-    StoreError,
     checkpoint_record,
-    fresh_path,
     load_model,
     modality_row,  # noqa: F401 - re-exported
     predict_to_store,
     resolve_device,
 )
 from benchmarks.report import belief_attention, imagination_quality, write_report
+from benchmarks.score import BENCHMARKS as SCORERS
 from benchmarks.score import KINDS, MAIN_METRICS
 from benchmarks.scoring import (
     LLMExtractor,
@@ -90,6 +87,7 @@ from benchmarks.scoring import (
     sentiment_from_answer,
     sentiment_scores,
 )
+from benchmarks.store import PredictionStore, StoreError, fresh_path
 
 logger = logging.getLogger(__name__)
 

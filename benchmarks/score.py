@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import data
-from benchmarks.engine import FORMAT as STORE_FORMAT
+from benchmarks.store import FORMAT as STORE_FORMAT
 from benchmarks.safe_npz import load_npz
 from benchmarks.scoring import (
     closed_set_scores,

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import engine, hub
+from benchmarks import engine, hub, store as store_module
 from benchmarks import score as score_cli
 from benchmarks.clips import generate_clips, write_bad_media
-from benchmarks.engine import MODALITIES, Engine, Progress, PredictionStore, Setting, StoreError
+from benchmarks.engine import MODALITIES, Engine, Progress, Setting
+from benchmarks.store import PredictionStore, StoreError
 from benchmarks.tiny import tiny_config, tiny_processor
 from modeling_affectverse import AffectVerseForConditionalGeneration
 
@@ -43,7 +44,7 @@ def test_store_header_settings_and_resume(tmp_path):
     with store(path) as s:
         s.append([record("a"), record("b", status="error")], [AVT.record()])
     lines = [json.loads(x) for x in path.read_text().splitlines()]
-    assert lines[0]["format"] == engine.FORMAT and lines[0]["run"] == RUN
+    assert lines[0]["format"] == store_module.FORMAT and lines[0]["run"] == RUN
     assert lines[1] == {"kind": "setting", "setting_id": "avt-k1", "modality": "avt", "keep_ratio": 1.0}
     assert [x["setting_id"] for x in lines[2:]] == ["avt-k1", "avt-k1"]
     with store(path) as s:
@@ -60,7 +61,7 @@ def test_store_other_settings_name_each_difference(tmp_path):
     message = str(err.value)
     assert "model.fingerprint: 'abc' in the file, 'def' now" in message
     assert "generation.max_new_tokens: 4 in the file, 8 now" in message and "extractor: '(absent)'" in message
-    assert engine.fresh_path(path) == tmp_path / "p-2.jsonl" and engine.fresh_path(tmp_path) == \
+    assert store_module.fresh_path(path) == tmp_path / "p-2.jsonl" and store_module.fresh_path(tmp_path) == \
         tmp_path.with_name(tmp_path.name + "-2")
 
 
@@ -99,7 +100,7 @@ def test_store_lock_refuses_a_second_writer_and_takes_over_a_stale_lock(tmp_path
     first.close()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / "p.jsonl.lock").write_text(f"{dead.pid} {engine.socket.gethostname()}\n")
+    (tmp_path / "p.jsonl.lock").write_text(f"{dead.pid} {store_module.socket.gethostname()}\n")
     with caplog.at_level(logging.WARNING), store(path):
         assert "stale lock" in caplog.text
     assert not (tmp_path / "p.jsonl.lock").exists()
@@ -108,9 +109,9 @@ def test_store_lock_refuses_a_second_writer_and_takes_over_a_stale_lock(tmp_path
 def test_merge_takes_shard_records(tmp_path):
     main = store(tmp_path / "p.jsonl")
     main.append([record("a", status="error")], [AVT.record()])
-    with store(engine.shard_path(tmp_path / "p.jsonl", 1, 2)) as shard:
+    with store(store_module.shard_path(tmp_path / "p.jsonl", 1, 2)) as shard:
         shard.append([record("a"), record("b")], [AVT.record()])
-    assert engine.shard_files(tmp_path / "p.jsonl") == [tmp_path / "p.shard1of2.jsonl"]
+    assert store_module.shard_files(tmp_path / "p.jsonl") == [tmp_path / "p.shard1of2.jsonl"]
     with store(tmp_path / "p.shard1of2.jsonl", None) as shard:
         main.merge(shard)
     main.close()
@@ -269,7 +270,7 @@ def test_score_refuses_several_settings_unless_one_is_chosen(tmp_path, capsys):
     np.savez(labels, test_corpus=np.array({"s1": {"emo": 0, "val": 1.0}, "s2": {"emo": 0, "val": -1.0}},
                                           dtype=object))
     vt = Setting(MODALITIES["vt"], 0.5)
-    lines = [{"format": engine.FORMAT, "version": 1, "run": {}}, {"kind": "setting", **AVT.record()},
+    lines = [{"format": store_module.FORMAT, "version": 1, "run": {}}, {"kind": "setting", **AVT.record()},
              {"kind": "setting", **vt.record()}]
     for name, right, wrong in (("s1", "positive", "negative"), ("s2", "negative", "positive")):
         lines += [{**AVT.record(), "name": name, "benchmark": "mosi", "sentiment": right, "labels": []},
@@ -323,4 +324,6 @@ def test_engine_sits_below_its_callers():
         assert "benchmarks.run" not in top | inner or file == "benchmarks/run.py", file
     assert "benchmarks.run" not in set().union(*_imports(ROOT / "benchmarks" / "report.py"))
     top, inner = _imports(ROOT / "benchmarks" / "engine.py")
-    assert not {m for m in top | inner if m.startswith("benchmarks")}  # nothing of the project above it
+    assert {m for m in top | inner if m.startswith("benchmarks")} == {"benchmarks.store"}  # nothing above it
+    top, inner = _imports(ROOT / "benchmarks" / "store.py")
+    assert not {m for m in top | inner if m.startswith("benchmarks") or m == "torch"}  # the scorer reads it light

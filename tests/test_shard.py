@@ -14,7 +14,7 @@ import torch
 
 from benchmarks import run
 from benchmarks.clips import generate_clips
-from benchmarks.engine import shard_files, shard_path
+from benchmarks.store import shard_files, shard_path
 from benchmarks.tiny import tiny_config, tiny_processor
 from modeling_affectverse import AffectVerseForConditionalGeneration
 
