@@ -52,8 +52,15 @@ from transformers import (AutoConfig, HfArgumentParser, PreTrainedConfig, Traine
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 
 from benchmarks import hub, preflight
+from benchmarks.clips import generate_clips
+from benchmarks.data import load_benchmark, load_manifest, merge_benchmarks
+from benchmarks.engine import MODALITIES, Engine, Setting
+from benchmarks.score import BENCHMARKS as SCORED
+from benchmarks.scoring import extract_labels, map_to_label_set
+from benchmarks.tiny import tiny_config, tiny_processor
 from configuration_affectverse import AffectVerseConfig
 from modeling_affectverse import AffectVerseForConditionalGeneration
+from processing_affectverse import AffectVerseCollator, AffectVerseProcessor
 
 logger = logging.getLogger("train")
 
@@ -394,8 +401,6 @@ def check_output_dir(training_args, record: dict) -> str | None:
 # ----------------------------------------------------------------------------------------------------------- data
 def closed_label_set(benchmark: str, data_args, train_labels: set[str]) -> tuple[str, ...]:
     """The label set emotion-word samples of ``benchmark`` must use."""
-    from benchmarks.score import BENCHMARKS as SCORED
-
     if data_args.label_set:
         return tuple(s.strip().lower() for s in data_args.label_set.split(",") if s.strip())
     if benchmark in SCORED and SCORED[benchmark].label_set:
@@ -405,8 +410,6 @@ def closed_label_set(benchmark: str, data_args, train_labels: set[str]) -> tuple
 
 def check_labels(train, evaluation, data_args) -> dict[str, tuple[str, ...]]:
     """Every emotion-word label must be in its benchmark's closed set; returns {benchmark: label set}."""
-    from benchmarks.scoring import map_to_label_set
-
     seen = {}  # benchmark -> [(split, label, name)]
     for split, ds in (("train", train), ("eval", evaluation)):
         columns = (ds[c] for c in ("benchmark", "task", "emotion", "name")) if ds is not None else ((),)
@@ -431,8 +434,6 @@ def check_labels(train, evaluation, data_args) -> dict[str, tuple[str, ...]]:
 
 def load_split(data_args, split: str):
     """The merged dataset of all sources for ``split``; a clear error when a source gives nothing."""
-    from benchmarks.data import load_benchmark, load_manifest, merge_benchmarks
-
     parts, skipped = [], []
     for path in filter(None, (p.strip() for p in data_args.manifest.split(","))):
         ds = load_manifest(path, split=split)  # media: the pre-flight check (screen_data) probes every file
@@ -464,8 +465,6 @@ def load_data(data_args):
     """(train, eval or None, label sets); all data errors surface here, before any model is loaded."""
     manifest = data_args.manifest.split(",")[0].strip()
     if data_args.generate_clips > 0 and manifest and not Path(manifest).exists():
-        from benchmarks.clips import generate_clips
-
         logger.info("generating %d synthetic clips into %s", data_args.generate_clips, Path(manifest).parent)
         generate_clips(Path(manifest).parent, n_clips=data_args.generate_clips, seed=0)
     train = load_split(data_args, data_args.train_split)
@@ -524,8 +523,6 @@ def load_config(model_args):
     """The AffectVerseConfig of the run (EWM overrides applied), without loading any weights."""
     overrides = parse_overrides(model_args.ewm_overrides)
     if model_args.model_name_or_path is None:
-        from benchmarks.tiny import tiny_config
-
         return tiny_config(**overrides)
     path = model_args.model_name_or_path
     if model_args.trust_remote_code:
@@ -536,12 +533,8 @@ def load_config(model_args):
 def load_processor(model_args, data_args, config):
     """The run's AffectVerseProcessor (belief settings from ``config``, ``max_length`` from the data arguments);
     a folder lacking processor or tokenizer files is named with what is missing."""
-    from processing_affectverse import AffectVerseProcessor
-
     path = model_args.model_name_or_path
     if path is None:
-        from benchmarks.tiny import tiny_processor
-
         base = tiny_processor()
     else:
         register_local_classes()
@@ -750,29 +743,24 @@ class LogAtCheckpoints(TrainerCallback):
 @torch.no_grad()
 def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, max_new_tokens: int,
                         batch_size: int = 4) -> dict | None:
-    """Greedy answers for the first ``n_samples`` held-out emotion samples, mapped onto their closed label set."""
-    from processing_affectverse import AffectVerseCollator
+    """Greedy answers for the first ``n_samples`` held-out emotion samples, mapped onto their closed label set.
 
-    from benchmarks.run import to_device
-    from benchmarks.scoring import extract_labels, map_to_label_set
-
+    Runs on ``benchmarks.engine.Engine`` (media decoded in this process; a clip that fails counts as wrong)."""
     rows = [r for r in dataset if r["task"] == "emotion" and r["benchmark"] in label_sets][:n_samples]
     if not rows:
         return None
-    collate = AffectVerseCollator(processor, training=False)
     model.eval()
+    engine = Engine(model, processor, max_new_tokens, batch_size, num_workers=0)
     correct, examples = 0, []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        batch = to_device(collate(chunk), model)
-        tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        answers = processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for row, answer in zip(chunk, answers):
+    for _, chunk, results in engine.run(engine.batches([(Setting(MODALITIES["avt"]), row) for row in rows])):
+        for row, result in zip(chunk, results):
             label_set = label_sets[row["benchmark"]]
             truth = map_to_label_set([row["emotion"].lower()], label_set)
-            guess = map_to_label_set(extract_labels(answer), label_set)
-            correct += guess == truth
-            examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess})
+            answer = result.get("answer", "")
+            guess = map_to_label_set(extract_labels(answer), label_set) if result["status"] == "ok" else None
+            correct += result["status"] == "ok" and guess == truth
+            examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess,
+                             **({"error": result["reason"]} if result["status"] == "error" else {})})
     sets = {tuple(label_sets[r["benchmark"]]) for r in rows}
     label_set = list(sets.pop()) if len(sets) == 1 else None  # for the chance level, when there is one set
     return {"accuracy": correct / len(rows), "n": len(rows), "label_set": label_set, "examples": examples[:8]}
@@ -895,8 +883,6 @@ def main(argv=None):
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
     # 3. Train.
-    from processing_affectverse import AffectVerseCollator
-
     collator = AffectVerseCollator(processor, training=True,
                                    on_error="skip" if data_args.skip_bad_samples else "raise")
     trainer = AffectVerseTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
