@@ -225,7 +225,7 @@ def test_train_generation_accuracy_counts_a_bad_clip_as_wrong(tiny):
     import train
 
     model, processor, rows, _ = tiny
-    data = [{**r, "task": "emotion", "benchmark": "manifest", "label": json.dumps("happy"), "subtitle": ""} for r in rows]
+    data = [{**r, "task": "emotion", "benchmark": "manifest", "label": json.dumps("happy"), "emotion": "happy", "subtitle": ""} for r in rows]
     result = train.generation_accuracy(model, processor, data, {"manifest": ("happy", "sad")}, 3, 2, batch_size=2)
     assert result["n"] == 3 and 0 <= result["accuracy"] <= 2 / 3
     broken = result["examples"][1]
