@@ -20,6 +20,20 @@ def model_for(**overrides):
     return AffectVerseForConditionalGeneration(tiny(**overrides))
 
 
+def prepare(model, batch):
+    """The EWM pass alone (no language-model pass 2): positions as the forward computes them, then `_prepare`."""
+    positions, _ = model._positions(batch["input_ids"], batch["attention_mask"], batch.get("image_grid_thw"),
+                                    batch.get("video_grid_thw"), batch.get("feature_attention_mask"),
+                                    batch.get("use_audio_in_video"), batch.get("video_second_per_grid"))
+    return model._prepare(batch["input_ids"], batch["attention_mask"], positions, batch["labels"], batch)
+
+
+def logits_of(model, embeds, mask, positions):
+    """The language model + lm_head over given embeddings (pass 2 alone)."""
+    return model._head(model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                   use_cache=False).last_hidden_state, 0, None)[0]
+
+
 def suppress(cfg):
     return [cfg.video_token_id, cfg.audio_token_id, cfg.image_token_id, cfg.belief_token_id]
 
@@ -95,7 +109,7 @@ def test_training_truncates_each_modality_to_its_past():
     cfg = tiny(keep_ratio_min=0.5, keep_ratio_max=0.5, modality_dropout=0.0)
     model = AffectVerseForConditionalGeneration(cfg).train()
     batch = build_batch(cfg, [(2, 40)])
-    prepared, _ = model._prepare(batch["input_ids"], batch["attention_mask"], batch["labels"], batch)
+    prepared = prepare(model, batch)
     n_video, n_audio = 8, 10  # 2 grids x 4 tokens; 40 mel frames -> 10 tokens
     assert prepared.embeds.shape[1] == batch["input_ids"].shape[1] - (n_video - 4) - (n_audio - 5)
     # labels are carried along: the same answer tokens, nothing else supervised
@@ -318,10 +332,9 @@ def test_removing_the_future_equals_masking_it(monkeypatch):
     monkeypatch.setattr(AffectVerseForConditionalGeneration, "_compact", staticmethod(spy))
     batch = build_batch(model.config, [(2, 40), (3, 0), (0, 0)])
     with torch.no_grad():
-        prepared, _ = model._prepare(batch["input_ids"], batch["attention_mask"], batch["labels"], batch)
-        short = model._language_model(prepared.embeds, prepared.attention_mask, prepared.position_ids, None,
-                                      False, 0, None)[1]
-        full = model._language_model(seen["embeds"], seen["keep"].long(), seen["positions"], None, False, 0, None)[1]
+        prepared = prepare(model, batch)
+        short = logits_of(model, prepared.embeds, prepared.attention_mask, prepared.position_ids)
+        full = logits_of(model, seen["embeds"], seen["keep"].long(), seen["positions"])
     assert not seen["keep"][batch["attention_mask"].bool()].all()  # something was removed
     for b in range(full.shape[0]):
         n = int(seen["keep"][b].sum())
