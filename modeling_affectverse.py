@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+from transformers import GenerationMixin, Qwen2_5OmniThinkerForConditionalGeneration
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.initialization import constant_, normal_
 from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
@@ -73,6 +73,7 @@ class _Prepared:
     ewm: object | None
     cached: int = 0  # leading columns whose keys/values pass 1 already wrote into the generation cache
     compacted: bool = False  # tokens were removed (training): mask and positions are rebuilt
+    image_outputs: object | None = None
 
 
 def _left_align(values, mask, length):
@@ -84,6 +85,17 @@ def _left_align(values, mask, length):
     return out
 
 
+def _padding_mask(attention_mask, length):
+    """The `(B, length)` 0/1 padding mask behind a 2D, 4D or per-layer-type dict mask (``generate`` builds the
+    latter two for static caches); None when there is none. A 4D mask's last query row sees every real key."""
+    if isinstance(attention_mask, dict):
+        attention_mask = attention_mask.get("full_attention", next(iter(attention_mask.values())))
+    if attention_mask is None or attention_mask.ndim == 2:
+        return attention_mask
+    last = attention_mask[:, 0, -1, :length]
+    return (last if last.dtype == torch.bool else last == 0).long()
+
+
 def _crop(cache, length):
     """Keep the first ``length`` positions of a cache (transformers' ``crop`` takes minus the count to remove)."""
     remove = cache.get_seq_length() - length
@@ -91,7 +103,7 @@ def _crop(cache, length):
         cache.crop(-remove)
 
 
-class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGeneration):
+class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGeneration, GenerationMixin):  # named: HF's check
     r"""Qwen2.5-Omni thinker + Emotion World Module (section 3, Algorithm 1).
 
     Training (``model.train()``, ``labels`` given): a no-grad thinker pass over the prompt prefix gives the
@@ -139,9 +151,10 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
     # -- inputs ----------------------------------------------------------------------------------------------------
     def _embed(self, input_ids, input_features=None, feature_attention_mask=None, pixel_values=None,
                image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None):
-        """Token embeddings with audio/image/video encoder features scattered into their placeholders; (B, L, d)."""
+        """Token embeddings with audio/image/video encoder features scattered into their placeholders, (B, L, d),
+        and the image encoder's output (the stock thinker returns it as ``image_outputs``)."""
         embeds = self.get_input_embeddings()(input_ids)
-        media = []
+        media, image = [], None
         if input_features is not None:
             audio = self.model.get_audio_features(input_features, feature_attention_mask, return_dict=True)
             media.append((self.config.audio_token_id, audio.last_hidden_state, "audio"))
@@ -159,7 +172,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                     f"{name} tokens, the encoder produced {features.shape[0]} features"
                 )
             embeds = embeds.masked_scatter(mask[..., None], features.to(embeds.dtype))
-        return embeds
+        return embeds, image
 
     def _positions(self, input_ids, attention_mask, image_grid_thw, video_grid_thw, feature_attention_mask,
                    use_audio_in_video, video_second_per_grid):
@@ -207,7 +220,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         """Embed, run the EWM and inject beliefs (Algorithm 1 steps 2-13). ``attention_mask`` `(B, L)`,
         ``position_ids`` `(3 or 4, B, L)`. With ``cache``, pass 1 fills its leading columns (see ``cached``)."""
         cfg = self.config
-        embeds = self._embed(input_ids, **{k: media.get(k) for k in (
+        embeds, image_outputs = self._embed(input_ids, **{k: media.get(k) for k in (
             "input_features", "feature_attention_mask", "pixel_values", "image_grid_thw",
             "pixel_values_videos", "video_grid_thw")})
         is_video, is_audio = input_ids == cfg.video_token_id, input_ids == cfg.audio_token_id
@@ -261,7 +274,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         if ewm_out is not None:
             keep, embeds = self._inject(input_ids, embeds, keep, n_modalities, use_video, use_audio, ewm_out)
         if bool((keep == attention_mask.bool()).all()):
-            return _Prepared(embeds, attention_mask, position_ids, labels, ewm_out, cached)
+            return _Prepared(embeds, attention_mask, position_ids, labels, ewm_out, cached, image_outputs=image_outputs)
         if cached:
             raise RuntimeError("tokens were removed after pass 1 filled the cache")  # training never reuses it
         return self._compact(embeds, keep, position_ids, labels, ewm_out)
@@ -363,15 +376,15 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
             return AffectVerseOutput(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states,
                                      attentions=out.attentions, image_outputs=out.image_outputs, lm_loss=loss)
 
-        mask2d = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+        mask2d = _padding_mask(attention_mask, input_ids.shape[1])
         if position_ids is None:  # as the stock thinker; its rope deltas serve later cached calls
             position_ids, self.model.rope_deltas = self._positions(
                 input_ids, mask2d if mask2d is not None else torch.ones_like(input_ids), image_grid_thw,
                 video_grid_thw, feature_attention_mask, use_audio_in_video, video_second_per_grid)
         elif position_ids.ndim == 2:
             position_ids = position_ids[None].expand(3, -1, -1)
-        reuse = reuse_prefix_cache and mask2d is not None and self._reuses_prefix(
-            cache, use_cache, labels, logits_to_keep, kwargs)
+        reuse = (reuse_prefix_cache and torch.is_tensor(attention_mask) and attention_mask.ndim == 2
+                 and self._reuses_prefix(cache, use_cache, labels, logits_to_keep, kwargs))
         prepared = self._prepare(input_ids, mask2d if mask2d is not None else torch.ones_like(input_ids),
                                  position_ids, labels, media, need_weights=output_belief_attention,
                                  cache=cache if reuse else None)
@@ -389,7 +402,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
             loss = lm_loss + self.config.imagination_loss_weight * img_loss  # Eq. 10
         return AffectVerseOutput(
             loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states, attentions=out.attentions,
-            lm_loss=lm_loss, imagination_loss=img_loss, labels=prepared.labels,
+            image_outputs=prepared.image_outputs, lm_loss=lm_loss, imagination_loss=img_loss, labels=prepared.labels,
             imagination_cosine=ewm.imagination_cosine if ewm is not None and output_imagination else None,
             belief_attention=ewm.attention if ewm is not None and output_belief_attention else None,
         )

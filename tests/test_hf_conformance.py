@@ -70,7 +70,9 @@ class AffectVerseTester(stock.Qwen2_5OmniThinkerForConditionalGenerationTester):
     def prepare_config_and_inputs_for_common(self):
         config, inputs = super().prepare_config_and_inputs_for_common()
         ids = inputs["input_ids"]
-        ids[ids == BELIEF_ID] = 9  # random text must not look like a placeholder
+        # random text must not look like a placeholder; nor like video (the harness's prompts hold none, but its
+        # random ids include the video id, which would make AffectVerse count a second modality)
+        ids[(ids == BELIEF_ID) | (ids == config.video_token_id)] = 9
         first, second = config.belief_split(1)  # the harness's prompts hold audio as their one AV modality
         after_audio = int((ids[0] == config.audio_end_token_id).nonzero()[-1]) + 1
         before_image = int((ids[0] == config.vision_start_token_id).nonzero()[0])

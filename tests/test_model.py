@@ -351,3 +351,122 @@ def test_a_generate_call_leaves_no_stale_state_for_the_next_forward():
                        do_sample=False, suppress_tokens=suppress(model.config))
         after = model(**batch).logits
     torch.testing.assert_close(before, after)
+
+
+# -- Hugging Face conformance (issue 10 items 1-3) -----------------------------------------------------------------
+def _stock_twin(model):
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    cfg = Qwen2_5OmniThinkerConfig(**{k: v for k, v in model.config.to_dict().items() if k != "model_type"})
+    stock = Qwen2_5OmniThinkerForConditionalGeneration(cfg).eval()
+    stock.load_state_dict(model.state_dict(), strict=False)
+    return stock
+
+
+def _gen_batch(cfg, specs=((2, 40), (1, 0))):
+    return build_batch(cfg, list(specs), padding="left", generation=True)
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_forward_returns_hidden_states_attentions_and_tuples(construction):
+    model = model_for(belief_construction=construction).eval()
+    model.set_attn_implementation("eager")
+    batch = build_batch(model.config, [(2, 40), (1, 0)])
+    batch.pop("labels")
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=True, output_attentions=True)
+        as_tuple = model(**batch, return_dict=False)
+    b, length = batch["input_ids"].shape
+    n_layers, heads = model.config.text_config.num_hidden_layers, model.config.text_config.num_attention_heads
+    assert len(out.hidden_states) == n_layers + 1 and out.hidden_states[0].shape[:2] == (b, length)
+    assert len(out.attentions) == n_layers and out.attentions[0].shape == (b, heads, length, length)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.logits)
+    if construction == "none":  # the stock thinker's fields, bit for bit
+        with torch.no_grad():
+            theirs = _stock_twin(model)(**batch, output_hidden_states=True)
+        torch.testing.assert_close(out.hidden_states[-1], theirs.hidden_states[-1])
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_generate_dict_outputs_with_hidden_states_and_attentions(construction):
+    model = model_for(belief_construction=construction).eval()
+    model.set_attn_implementation("eager")
+    batch = _gen_batch(model.config)
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
+                         output_hidden_states=True, output_attentions=True, output_scores=True)
+    n_layers = model.config.text_config.num_hidden_layers
+    assert len(out.hidden_states) == 3 and len(out.hidden_states[0]) == n_layers + 1
+    assert out.hidden_states[0][0].shape[1] == batch["input_ids"].shape[1]  # the prompt the LM saw, beliefs included
+    assert len(out.attentions) == 3 and out.attentions[1][0].shape[-2] == 1
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_beam_search_and_several_return_sequences_equal_the_uncached_reference(construction):
+    model = model_for(belief_construction=construction).eval()
+    batch = _gen_batch(model.config, [(0, 40), (0, 30)])  # audio: the stock beam expansion interleaves video patches
+    kw = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, return_dict_in_generate=True,
+              output_scores=True, suppress_tokens=suppress(model.config))
+    cached = model.generate(**batch, **kw)
+    assert cached.sequences.shape == (4, batch["input_ids"].shape[1] + 4)
+    # "none" is the stock thinker's path: its beams; the EWM reuses the prefix cache: the uncached beams. Scores,
+    # not tokens: the tiny random model has near-ties that float noise may order either way.
+    reference = _stock_twin(model) if construction == "none" else model
+    expected = reference.generate(**batch, use_cache=construction == "none", **kw)
+    torch.testing.assert_close(cached.sequences_scores, expected.sequences_scores, atol=1e-4, rtol=1e-4)
+
+
+def test_beam_sampling_runs_with_beliefs():
+    model = model_for().eval()
+    out = model.generate(**_gen_batch(model.config), max_new_tokens=3, num_beams=2, do_sample=True,
+                         num_return_sequences=2)
+    assert out.shape[0] == 4
+
+
+@pytest.mark.parametrize("mode", [dict(prompt_lookup_num_tokens=2), "draft", dict(cache_implementation="static")])
+def test_assisted_and_static_cache_generate_equal_greedy(mode):
+    model = model_for().eval()
+    batch = _gen_batch(model.config, [(2, 40)])
+    kw = dict(max_new_tokens=5, do_sample=False, suppress_tokens=suppress(model.config))
+    if mode == "draft":
+        mode = dict(assistant_model=model_for(belief_construction="none").eval())
+    assert torch.equal(model.generate(**batch, **mode, **kw), model.generate(**batch, **kw))
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_generate_continues_from_a_returned_cache(construction):
+    model = model_for(belief_construction=construction).eval()
+    batch = _gen_batch(model.config)
+    kw = dict(do_sample=False, suppress_tokens=suppress(model.config))
+    full = model.generate(**batch, max_new_tokens=6, **kw)
+    first = model.generate(**batch, max_new_tokens=3, return_dict_in_generate=True, **kw)
+    assert first.cache.get_seq_length() == first.sequences.shape[1] - 1  # the cache describes `sequences`
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(first.sequences[:, batch["input_ids"].shape[1]:])], 1)
+    rest = model.generate(input_ids=first.sequences, attention_mask=mask, cache=first.cache, max_new_tokens=3, **kw)
+    assert torch.equal(rest, full)
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_forward_honours_user_position_ids(construction):
+    """Positions built for another video frame rate (the processor's `video_second_per_grid`) must be used."""
+    model = model_for(belief_construction=construction).eval()
+    batch = build_batch(model.config, [(2, 40)])
+    batch.pop("labels")
+    slow = dict(batch, video_second_per_grid=torch.tensor([4.0]))
+    positions, _ = model._positions(batch["input_ids"], batch["attention_mask"], None, batch["video_grid_thw"],
+                                    batch["feature_attention_mask"], False, slow["video_second_per_grid"])
+    with torch.no_grad():
+        given = model(**batch, position_ids=positions).logits
+        reference, default = model(**slow).logits, model(**batch).logits
+    torch.testing.assert_close(given, reference)
+    assert not torch.allclose(given, default, atol=1e-3)
+
+
+def test_past_key_values_gives_the_stock_deprecation_warning():
+    from transformers import DynamicCache
+
+    model = model_for().eval()
+    batch = build_batch(model.config, [(2, 40)])
+    batch.pop("labels")
+    with pytest.warns(FutureWarning, match="past_key_values"), torch.no_grad():
+        out = model(**batch, past_key_values=DynamicCache(config=model.config), use_cache=True)
+    assert out.cache.get_seq_length() == batch["input_ids"].shape[1]
