@@ -195,7 +195,8 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 f"sample {b}: input_ids hold {int(found[b])} <|belief|> placeholder tokens (id "
                 f"{self.config.belief_token_id}) but its {int(n_modalities[b])} audio/video modalities with "
                 f"belief_construction={self.config.belief_construction!r} need {int(expected[b])}; build inputs "
-                "with AffectVerseProcessor from this model's config"
+                "with AffectVerseProcessor from this model's config (one row holds one prompt: packed, padding-free "
+                "rows are not supported with beliefs)"
             )
 
     def _prefix_end(self, input_ids):
