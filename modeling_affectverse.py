@@ -339,6 +339,32 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         return (cache is not None and not cache.is_compileable and use_cache is not False and labels is None
                 and not self.training and isinstance(logits_to_keep, int) and logits_to_keep > 0 and not wants_all)
 
+    @staticmethod
+    def _is_packed(input_ids, position_ids):
+        """A padding-free row holding several prompts: `(4, 1, L)` positions whose text row restarts at 0."""
+        return (input_ids.shape[0] == 1 and position_ids.ndim == 3 and position_ids.shape[0] == 4
+                and int((position_ids[0, 0] == 0).sum()) > 1)
+
+    def _prepare_packed(self, input_ids, position_ids, labels, media, need_weights):
+        """Beliefs for a packed row: unpack it into one right-padded row per prompt (its text positions restart at
+        0), build each prompt's beliefs, and pack the embeddings back; the stock packed attention does the rest."""
+        if self.training and labels is not None:
+            raise ValueError("packed (padding-free) rows cannot be truncated for training; pass a padded batch")
+        seg = (position_ids[0, 0] == 0).long().cumsum(0) - 1  # (L,) prompt index of each token
+        lengths = torch.bincount(seg)
+        col = torch.arange(seg.shape[0], device=seg.device) - (lengths.cumsum(0) - lengths)[seg]  # (L,)
+        shape = (len(lengths), int(lengths.max()))
+        ids = input_ids.new_full(shape, self.config.text_config.pad_token_id or 0)
+        ids[seg, col] = input_ids[0]
+        mask = torch.zeros_like(ids)
+        mask[seg, col] = 1
+        positions = position_ids.new_ones(3, *shape)
+        positions[:, seg, col] = position_ids[1:, 0]
+        prepared = self._prepare(ids, mask, positions, None, media, need_weights=need_weights)
+        prepared.embeds = prepared.embeds[seg, col][None]  # (1, L, d): placeholder order is unchanged
+        prepared.position_ids, prepared.labels = position_ids, labels
+        return prepared
+
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(self, input_ids=None, input_features=None, pixel_values=None, pixel_values_videos=None,
@@ -386,9 +412,12 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
             position_ids = position_ids[None].expand(3, -1, -1)
         reuse = (reuse_prefix_cache and torch.is_tensor(attention_mask) and attention_mask.ndim == 2
                  and self._reuses_prefix(cache, use_cache, labels, logits_to_keep, kwargs))
-        prepared = self._prepare(input_ids, mask2d if mask2d is not None else torch.ones_like(input_ids),
-                                 position_ids, labels, media, need_weights=output_belief_attention,
-                                 cache=cache if reuse else None)
+        if attention_mask is None and self._is_packed(input_ids, position_ids):
+            prepared = self._prepare_packed(input_ids, position_ids, labels, media, output_belief_attention)
+        else:
+            prepared = self._prepare(input_ids, mask2d if mask2d is not None else torch.ones_like(input_ids),
+                                     position_ids, labels, media, need_weights=output_belief_attention,
+                                     cache=cache if reuse else None)
         c = min(prepared.cached, prepared.embeds.shape[1] - (logits_to_keep if reuse else 0))
         if c < prepared.cached:
             _crop(cache, c)

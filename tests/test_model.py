@@ -461,6 +461,24 @@ def test_forward_honours_user_position_ids(construction):
     assert not torch.allclose(given, default, atol=1e-3)
 
 
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_forward_accepts_a_4d_attention_mask(construction):
+    model = model_for(belief_construction=construction).eval()
+    batch = build_batch(model.config, [(2, 40), (1, 0)], padding="left")
+    batch.pop("labels")
+    mask = batch["attention_mask"].bool()
+    causal = torch.ones(mask.shape[1], mask.shape[1], dtype=torch.bool).tril()
+    float4d = torch.zeros(mask.shape[0], 1, *causal.shape).masked_fill(
+        ~(causal[None] & mask[:, None, :])[:, None], torch.finfo(torch.float32).min)  # (B, 1, L, L)
+    # as for the stock thinker, a 4D mask comes with positions (get_rope_index needs the 2D padding mask)
+    positions, _ = model._positions(batch["input_ids"], batch["attention_mask"], None, batch["video_grid_thw"],
+                                    batch["feature_attention_mask"], False, batch.get("video_second_per_grid"))
+    with torch.no_grad():
+        ours = model(**dict(batch, attention_mask=float4d, position_ids=positions)).logits
+        reference = model(**batch).logits
+    torch.testing.assert_close(ours[mask], reference[mask], atol=1e-4, rtol=1e-4)
+
+
 def test_past_key_values_gives_the_stock_deprecation_warning():
     from transformers import DynamicCache
 
@@ -470,3 +488,20 @@ def test_past_key_values_gives_the_stock_deprecation_warning():
     with pytest.warns(FutureWarning, match="past_key_values"), torch.no_grad():
         out = model(**batch, past_key_values=DynamicCache(config=model.config), use_cache=True)
     assert out.cache.get_seq_length() == batch["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_packed_padding_free_row_equals_the_padded_batch(construction):
+    """Two prompts packed into one row (text positions restart at 0, no attention mask) give each prompt's logits."""
+    model = model_for(belief_construction=construction).eval()
+    batch = build_batch(model.config, [(2, 40), (1, 30)])
+    batch.pop("labels")
+    mask = batch["attention_mask"].bool()
+    positions, _ = model._positions(batch["input_ids"], batch["attention_mask"], None, batch["video_grid_thw"],
+                                    batch["feature_attention_mask"], False, batch.get("video_second_per_grid"))
+    text = torch.cat([torch.arange(int(n)) for n in mask.sum(1)])[None]  # (1, total)
+    packed = dict(batch, input_ids=batch["input_ids"][mask][None], attention_mask=None,
+                  position_ids=torch.cat([text, positions[:, mask]])[:, None])
+    with torch.no_grad():
+        padded, free = model(**batch).logits, model(**packed, use_cache=False).logits  # as the stock harness
+    torch.testing.assert_close(free[0], padded[mask], atol=1e-4, rtol=1e-4)
