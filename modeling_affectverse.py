@@ -195,8 +195,8 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 f"sample {b}: input_ids hold {int(found[b])} <|belief|> placeholder tokens (id "
                 f"{self.config.belief_token_id}) but its {int(n_modalities[b])} audio/video modalities with "
                 f"belief_construction={self.config.belief_construction!r} need {int(expected[b])}; build inputs "
-                "with AffectVerseProcessor from this model's config (one row holds one prompt: packed, padding-free "
-                "rows are not supported with beliefs)"
+                "with AffectVerseProcessor from this model's config (a packed row needs `(4, 1, L)` position_ids "
+                "whose text row restarts at 0 for each prompt, and no attention_mask)"
             )
 
     def _prefix_end(self, input_ids):
@@ -436,6 +436,38 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
             imagination_cosine=ewm.imagination_cosine if ewm is not None and output_imagination else None,
             belief_attention=ewm.attention if ewm is not None and output_belief_attention else None,
         )
+
+    # -- generation ------------------------------------------------------------------------------------------------
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """The stock expansion (beams, ``num_return_sequences``), but image/video patches, grids and seconds per
+        grid are repeated per sample, a sample's items together: repeating each patch row scrambles the frames."""
+        if expand_size == 1 or input_ids is None:
+            return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        visual = {}
+        for token_id, keys in ((self.config.image_token_id, ("pixel_values", "image_grid_thw")),
+                               (self.config.video_token_id, ("pixel_values_videos", "video_grid_thw",
+                                                             "video_second_per_grid"))):
+            grid = model_kwargs.get(keys[1])
+            if model_kwargs.get(keys[0]) is None or grid is None:
+                continue
+            patches = grid.prod(-1)  # (n_items,) patch rows of each image/video
+            tokens = (patches // self.config.vision_config.spatial_merge_size ** 2).cumsum(0)
+            ends = (input_ids == token_id).sum(1).cumsum(0)  # (B,) placeholder count up to each sample
+            if int(ends[-1]) != int(tokens[-1]):  # ids without the placeholders (e.g. with inputs_embeds): as stock
+                continue
+            owner = torch.searchsorted(ends, tokens)  # (n_items,) the sample each item belongs to
+            for key in keys:
+                value = model_kwargs.get(key)
+                if not torch.is_tensor(value):
+                    continue
+                rows = patches if key.startswith("pixel") else torch.ones_like(patches)
+                chunks = value.split(rows.tolist())
+                samples = [[c for c, o in zip(chunks, owner.tolist()) if o == b] for b in range(input_ids.shape[0])]
+                visual[key] = torch.cat([c for items in samples for _ in range(expand_size) for c in items])
+                model_kwargs.pop(key)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        return input_ids, {**model_kwargs, **visual}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save safetensors, the code files and an ``auto_map`` naming both AutoModelForCausalLM and AutoModel."""

@@ -505,3 +505,16 @@ def test_packed_padding_free_row_equals_the_padded_batch(construction):
     with torch.no_grad():
         padded, free = model(**batch).logits, model(**packed, use_cache=False).logits  # as the stock harness
     torch.testing.assert_close(free[0], padded[mask], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_beam_expansion_keeps_each_samples_video_frames(construction):
+    """Each expanded copy (beams / num_return_sequences) sees its own sample's video: the same logits."""
+    model = model_for(belief_construction=construction).eval()
+    batch = _gen_batch(model.config, [(2, 40), (3, 0)])
+    ids, expanded = model._expand_inputs_for_generation(2, input_ids=batch["input_ids"],
+                                                        **{k: v for k, v in batch.items() if k != "input_ids"})
+    with torch.no_grad():
+        once, twice = model(**batch).logits, model(input_ids=ids, **expanded).logits
+    torch.testing.assert_close(twice[::2], once, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(twice[1::2], once, atol=1e-4, rtol=1e-4)
