@@ -333,7 +333,8 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
 
     def _reuses_prefix(self, cache, use_cache, labels, logits_to_keep, kwargs):
         """Whether pass 1 may write its keys/values into the generation cache: an empty croppable cache, a call
-        that needs only the last logits (``generate``) and no per-position outputs (hidden states, attentions)."""
+        that needs only the last logits (``generate``) and no per-position outputs (hidden states, attentions).
+        The caller also requires a 2D mask or none (``generate`` drops an all-ones mask)."""
         wants_all = any(kwargs.get(k, getattr(self.config, k, False)) for k in ("output_hidden_states",
                                                                                "output_attentions"))
         return (cache is not None and not cache.is_compileable and use_cache is not False and labels is None
@@ -410,8 +411,9 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 video_grid_thw, feature_attention_mask, use_audio_in_video, video_second_per_grid)
         elif position_ids.ndim == 2:
             position_ids = position_ids[None].expand(3, -1, -1)
-        reuse = (reuse_prefix_cache and torch.is_tensor(attention_mask) and attention_mask.ndim == 2
-                 and self._reuses_prefix(cache, use_cache, labels, logits_to_keep, kwargs))
+        plain_mask = attention_mask is None or (torch.is_tensor(attention_mask) and attention_mask.ndim == 2)
+        reuse = reuse_prefix_cache and plain_mask and self._reuses_prefix(cache, use_cache, labels, logits_to_keep,
+                                                                          kwargs)
         if attention_mask is None and self._is_packed(input_ids, position_ids):
             prepared = self._prepare_packed(input_ids, position_ids, labels, media, output_belief_attention)
         else:

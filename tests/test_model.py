@@ -518,3 +518,20 @@ def test_beam_expansion_keeps_each_samples_video_frames(construction):
         once, twice = model(**batch).logits, model(input_ids=ids, **expanded).logits
     torch.testing.assert_close(twice[::2], once, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(twice[1::2], once, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_generate_prefills_the_prompt_once_through_the_prefix_cache(reuse):
+    """Pass 1 fills the generation cache up to the first belief placeholder; pass 2 runs only after it."""
+    model = model_for().eval()
+    batch = _gen_batch(model.config, [(2, 40)])
+    seen = []
+    model.model.language_model.register_forward_hook(lambda m, a, kw, out: seen.append(kw["inputs_embeds"].shape[1]),
+                                                     with_kwargs=True)
+    kw = dict(max_new_tokens=2, do_sample=False, suppress_tokens=suppress(model.config))
+    out = model.generate(**batch, reuse_prefix_cache=reuse, **kw)
+    length = batch["input_ids"].shape[1]
+    prefix = int(model._prefix_end(batch["input_ids"]).max())
+    first_belief = int((batch["input_ids"][0] == model.config.belief_token_id).nonzero()[0])
+    assert seen[:2] == ([prefix, length - min(prefix, first_belief)] if reuse else [prefix, length])
+    assert torch.equal(out, model.generate(**batch, reuse_prefix_cache=not reuse, **kw))
