@@ -535,3 +535,20 @@ def test_generate_prefills_the_prompt_once_through_the_prefix_cache(reuse):
     first_belief = int((batch["input_ids"][0] == model.config.belief_token_id).nonzero()[0])
     assert seen[:2] == ([prefix, length - min(prefix, first_belief)] if reuse else [prefix, length])
     assert torch.equal(out, model.generate(**batch, reuse_prefix_cache=not reuse, **kw))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_generate_compiles_the_decoding_step_with_fullgraph(construction):
+    """`_can_compile_fullgraph` stays True: the belief path runs only on the (uncompiled) prefill."""
+    from transformers import CompileConfig
+
+    torch.compiler.reset()
+    model = model_for(belief_construction=construction).eval()
+    batch = _gen_batch(model.config)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False)
+    compile_config._compile_all_devices = True  # as transformers' own test: compile on CPU too
+    kw = dict(max_new_tokens=4, do_sample=False, suppress_tokens=suppress(model.config), cache_implementation="static")
+    compiled = model.generate(**batch, compile_config=compile_config, **kw)
+    assert model._can_compile_fullgraph and hasattr(model, "_compiled_call")
+    assert torch.equal(compiled, model.generate(**batch, disable_compile=True, **kw))
