@@ -6,8 +6,6 @@ group right after the last audio/video block, the second right before the answer
 text to ``get_rope_index``, so belief tokens get text positions and audio/video keep theirs.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 
@@ -17,7 +15,8 @@ from transformers import GenerationMixin, Qwen2_5OmniThinkerForConditionalGenera
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.initialization import constant_, normal_
 from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
-from transformers.utils import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 try:  # remote code: a package in transformers' module cache
@@ -322,9 +321,12 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 and (cache is None or cache.get_seq_length() == 0))
 
     def _head(self, hidden, logits_to_keep, labels, **kwargs):
-        """lm_head on the kept positions (int: the last ones, 0 for all; or a tensor of indices) and the LM loss."""
+        """lm_head on the kept positions (int: the last ones, 0 for all; or a tensor of indices) and the LM loss.
+        With beliefs the ``<|belief|>`` placeholder is never predicted (its logit is the dtype's minimum)."""
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep])
+        if self.ewm is not None:  # a generated placeholder would take a belief at the next uncached step
+            logits[..., self.config.belief_token_id] = torch.finfo(logits.dtype).min
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
@@ -372,7 +374,8 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 image_grid_thw=None, video_grid_thw=None, attention_mask=None, feature_attention_mask=None,
                 audio_feature_lengths=None, position_ids=None, cache=None, inputs_embeds=None, labels=None,
                 use_cache=None, use_audio_in_video=None, video_second_per_grid=None, logits_to_keep=0,
-                output_imagination=False, output_belief_attention=False, reuse_prefix_cache=True, **kwargs):
+                output_imagination=False, output_belief_attention=False, reuse_prefix_cache=True,
+                **kwargs: Unpack[TransformersKwargs]):
         r"""Two-pass forward (Algorithm 1); the stock thinker's forward where no beliefs are built.
 
         Args:

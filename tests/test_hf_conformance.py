@@ -51,7 +51,7 @@ except ImportError:  # imported at the top of the thinker's test file, used only
         del sys.modules["librosa"]
 
 pytestmark = pytest.mark.slow
-BELIEF_ID = 98  # the last row of the harness's 99-token vocabulary
+BELIEF_ID = 10  # a low id: the harness clamps ids below the vocabulary size when it shrinks the embeddings
 
 
 class AffectVerseTester(stock.Qwen2_5OmniThinkerForConditionalGenerationTester):

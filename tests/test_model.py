@@ -552,3 +552,13 @@ def test_generate_compiles_the_decoding_step_with_fullgraph(construction):
     compiled = model.generate(**batch, compile_config=compile_config, **kw)
     assert model._can_compile_fullgraph and hasattr(model, "_compiled_call")
     assert torch.equal(compiled, model.generate(**batch, disable_compile=True, **kw))
+
+
+def test_the_belief_placeholder_is_never_generated():
+    """A generated `<|belief|>` would be taken for a belief slot at the next uncached step."""
+    model = model_for().eval()
+    with torch.no_grad():
+        model.lm_head.weight[model.config.belief_token_id] = 50 * model.lm_head.weight.abs().max()
+    batch = _gen_batch(model.config, [(2, 40)])
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert not (out[:, batch["input_ids"].shape[1]:] == model.config.belief_token_id).any()
