@@ -5,7 +5,8 @@ The stock Qwen2.5-Omni thinker's test class runs with the model class replaced b
 ``tests/harness/fetch_transformers_tests.sh`` fetches it into ``.hf_harness/`` (ignored); without it this module
 skips. The tester here writes the ``<|belief|>`` placeholders the EWM construction needs into the harness's
 inputs (audio is the prompt's one audio/video modality: first group after the audio block, second before the
-image block). ``AFFECTVERSE_CONFORMANCE_STOCK=1`` also runs the stock class itself (the baseline).
+image block). ``AFFECTVERSE_CONFORMANCE_STOCK=1`` also runs the stock class itself (the baseline). Marked slow:
+the two classes take about a minute on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -27,12 +28,10 @@ missing = [p for p in NEEDED if not (HARNESS / p).is_file()]
 if missing:
     pytest.skip(f"transformers' test harness is absent ({', '.join(missing)} under {HARNESS}); run "
                 "tests/harness/fetch_transformers_tests.sh", allow_module_level=True)
-try:
-    import parameterized  # noqa: F401  (the harness's own test dependency)
-except ImportError:
-    pytest.skip("transformers' test harness needs the `parameterized` package", allow_module_level=True)
+for module in ("parameterized", "httpx"):  # the harness's own test dependencies (the project's dev extras)
+    pytest.importorskip(module, reason=f"transformers' test harness needs the `{module}` package")
 
-sys.path.insert(0, str(HARNESS))
+sys.path.append(str(HARNESS))  # last: the harness folder also holds `tests/` and `utils/` data folders
 import transformers.testing_utils  # noqa: E402,F401  (before the stub below: transformers probes librosa at import)
 from hf_tests.test_configuration_common import ConfigTester  # noqa: E402
 from hf_tests.test_modeling_common import ModelTesterMixin  # noqa: E402,F401
