@@ -30,6 +30,7 @@ files and the model card ``README.md``, ``adapter/`` (LoRA + EWM weights alone, 
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
 import fnmatch
 import hashlib
@@ -799,6 +800,7 @@ def export(trainer, processor, model_args, data_args, out: Path, record: dict | 
         model = trainer.accelerator.unwrap_model(trainer.model)
     probe = model.get_base_model().lora_probe()  # before merging: how the merged model recognises this adapter
     merged = model.merge_and_unload()
+    merged.config = copy.deepcopy(merged.config)  # the record is the merged model's: not of models sharing the config
     merged.config.merged_adapter = {"sha256": hashlib.sha256((out / "adapter" / "adapter_model.safetensors")
                                                              .read_bytes()).hexdigest(), "folder": "adapter",
                                     "probe": probe}
