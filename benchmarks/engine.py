@@ -35,7 +35,8 @@ from transformers.utils import cached_file
 
 from benchmarks.store import PredictionStore, StoreError, shard_files, shard_path
 from modeling_affectverse import AffectVerseForConditionalGeneration
-from processing_affectverse import AffectVerseCollator, AffectVerseProcessor
+from pipeline_affectverse import answer_candidates, label_scores
+from processing_affectverse import AffectVerseCollator, AffectVerseProcessor, answer_from_label
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,16 @@ class Setting:
 
     def record(self) -> dict:
         return {"setting_id": self.id, "modality": self.modality.key, "keep_ratio": float(self.keep_ratio)}
+
+
+# ============================================================================================== label scores
+def label_candidates(processor, labels: Sequence[str]) -> list[list[int]]:
+    """Token ids of each label's answer as the model was trained to give it (``answer_from_label`` + the end of
+    turn), so "happy" and "happy, sad" are different candidates."""
+    labels = [str(label).strip() for label in labels]
+    if not labels or any(not label for label in labels) or len(set(labels)) != len(labels):
+        raise ValueError(f"label set {labels}: needs at least one label, none empty, no duplicates")
+    return answer_candidates(processor.tokenizer, [answer_from_label(label) for label in labels])
 
 
 # ============================================================================================ device and model
@@ -270,16 +281,20 @@ class Engine:
     Args:
         num_workers: DataLoader worker processes decoding media ahead of the model (0: in this process).
         explain: one more forward per batch for the belief tokens' video/audio attention share.
+        labels: a closed label set: each ok result also has ``label_scores`` ``{label: probability}`` (summing
+            to 1 over the set, :func:`label_scores`) and ``label``, the most probable one.
     """
 
     def __init__(self, model, processor, max_new_tokens: int = 64, batch_size: int = 4, num_workers: int = 2,
-                 explain: bool = False):
+                 explain: bool = False, labels: Sequence[str] | None = None):
         if batch_size < 1 or max_new_tokens < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens} (both >= 1), "
                              f"num_workers={num_workers} (>= 0)")
         self.model, self.processor = model, processor
         self.max_new_tokens, self.batch_size, self.num_workers, self.explain = (max_new_tokens, batch_size,
                                                                                num_workers, explain)
+        self.labels = [str(label).strip() for label in labels] if labels else None
+        self.candidates = label_candidates(processor, self.labels) if self.labels else None
 
     def batches(self, work: Sequence[tuple[Setting, dict]]) -> list[tuple[Setting, list[dict]]]:
         """``work`` (setting, row) in order, cut into batches of one setting each."""
@@ -334,14 +349,20 @@ class Engine:
             elif name in failed:
                 results.append({"status": "error", "reason": failed[name], "seconds": seconds})
             else:
-                answer, share = outputs[name]
+                answer, share, scores = outputs[name]
                 results.append({"status": "ok", "answer": answer, "seconds": seconds,
-                                **({"belief_attention": share} if self.explain else {})})
+                                **({"belief_attention": share} if self.explain else {}),
+                                **(self._label_fields(scores) if self.labels else {})})
         return results
 
+    def _label_fields(self, scores) -> dict:
+        probs = {label: round(float(p), 6) for label, p in zip(self.labels, scores)}
+        return {"label": self.labels[int(torch.as_tensor(scores).argmax())], "label_scores": probs}
+
     @torch.no_grad()
-    def generate(self, batch) -> tuple[list[str], list]:
-        """(greedy answers, belief attention shares or Nones) for one collated batch."""
+    def generate(self, batch) -> tuple[list[str], list, list]:
+        """(greedy answers, belief attention shares or Nones, label probabilities `(C,)` or Nones) for one
+        collated batch."""
         batch = to_device(batch, self.model)
         tokens = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
                                      pad_token_id=self.processor.tokenizer.pad_token_id)
@@ -352,7 +373,8 @@ class Engine:
             out = self.model(**batch, output_belief_attention=True, logits_to_keep=1)
             if out.belief_attention is not None:
                 shares = belief_shares(out.belief_attention)
-        return answers, shares
+        scores = list(label_scores(self.model, batch, self.candidates).cpu()) if self.labels else [None] * len(answers)
+        return answers, shares, scores
 
 
 # ================================================================================================== progress
