@@ -86,3 +86,63 @@ def test_engine_and_pipeline_give_label_scores(tiny):
         assert r["label"] == max(r["label_scores"], key=r["label_scores"].get) and r["answer"]
     with pytest.raises(ValueError, match="duplicates"):
         label_candidates(processor, ["happy", "happy"])
+
+
+# ============================================================================================== trajectory
+RATIOS = (0.1, 0.3, 0.6, 1.0)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_trajectory_equals_independent_predictions(tiny, reuse):
+    """Each ratio's answer and label scores are those of an independent prediction at that keep_ratio."""
+    from benchmarks.trajectory import trajectory
+
+    model, processor, rows = tiny
+    curves = trajectory(model, processor, rows, RATIOS, labels=LABELS, max_new_tokens=4, reuse=reuse)
+    engine = Engine(model, processor, max_new_tokens=4, batch_size=1, num_workers=0, labels=LABELS)
+    for row, curve in zip(rows, curves):
+        assert [r["keep_ratio"] for r in curve] == list(RATIOS)
+        for r in curve:
+            alone = engine.predict(Setting(MODALITIES["avt"], r["keep_ratio"]), [row])[0]
+            assert r["status"] == alone["status"] == "ok" and r["answer"] == alone["answer"]
+            for label in LABELS:
+                assert abs(r["label_scores"][label] - alone["label_scores"][label]) < 1e-4, (r, alone)
+    # the ratios do see different inputs: the scores move along the trajectory
+    assert len({tuple(r["label_scores"].values()) for r in curves[0]}) == len(RATIOS)
+
+
+def test_shared_decoding_gives_the_files_inputs_at_each_ratio(tiny):
+    from benchmarks.trajectory import decode_trajectory
+
+    model, processor, rows = tiny
+    settings = [Setting(MODALITIES["avt"], r) for r in RATIOS]
+    shared, reason = decode_trajectory(processor, settings, rows[0])
+    assert reason is None
+    for i, setting in enumerate(settings):
+        alone, _ = decode(processor, setting, rows[:1])
+        n = int(alone["attention_mask"].sum())
+        assert shared["input_ids"][i, -n:].tolist() == alone["input_ids"][0].tolist()
+    full, _ = decode(processor, settings[-1], rows[:1])
+    assert torch.equal(shared["video_grid_thw"][-1], full["video_grid_thw"][0])
+
+
+def test_trajectory_of_a_bad_clip_is_an_error_per_ratio(tiny, tmp_path):
+    from benchmarks.trajectory import trajectory
+
+    model, processor, _ = tiny
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(b"not a video")
+    [curve] = trajectory(model, processor, [{"name": str(bad), "video": str(bad), "audio": ""}], RATIOS,
+                         max_new_tokens=2)
+    assert [r["status"] for r in curve] == ["error"] * len(RATIOS) and "corrupt.mp4" in curve[0]["reason"]
+
+
+def test_the_trajectory_figure_renders(tiny, tmp_path):
+    from benchmarks.trajectory import plot_trajectories
+
+    curves = {f"clip{i}.mp4": [{"keep_ratio": r, "label_scores": {"happy": r, "sad": 1 - r}} for r in RATIOS]
+              for i in range(3)}
+    path = plot_trajectories(curves, tmp_path / "fig" / "trajectory.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    with pytest.raises(ValueError, match="--labels"):
+        plot_trajectories({"a": [{"keep_ratio": 1.0, "answer": "x"}]}, tmp_path / "none.png")
