@@ -125,9 +125,9 @@ class EmotionRecognitionPipeline(Pipeline):
     def _sanitize_parameters(self, max_new_tokens=None, generate_kwargs=None, labels=None, **kwargs):
         if kwargs:
             raise TypeError(f"emotion-recognition pipeline: unexpected arguments {sorted(kwargs)}")
-        forward = {"generate_kwargs": dict(generate_kwargs or {})}
-        if max_new_tokens is not None:
-            forward["generate_kwargs"]["max_new_tokens"] = max_new_tokens
+        # Pipeline merges these dicts key by key (construction, then call): set a key only when given.
+        kwargs_ = {**(generate_kwargs or {}), **({"max_new_tokens": max_new_tokens} if max_new_tokens else {})}
+        forward = {"generate_kwargs": kwargs_} if kwargs_ else {}
         post = {}
         if labels is not None:
             try:  # a sibling file; imported here because the processor's file imports this one

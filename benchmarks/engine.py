@@ -349,15 +349,16 @@ class Engine:
             elif name in failed:
                 results.append({"status": "error", "reason": failed[name], "seconds": seconds})
             else:
-                answer, share, scores = outputs[name]
-                results.append({"status": "ok", "answer": answer, "seconds": seconds,
-                                **({"belief_attention": share} if self.explain else {}),
-                                **(self._label_fields(scores) if self.labels else {})})
+                results.append({"status": "ok", **self.fields(*outputs[name]), "seconds": seconds})
         return results
 
-    def _label_fields(self, scores) -> dict:
-        probs = {label: round(float(p), 6) for label, p in zip(self.labels, scores)}
-        return {"label": self.labels[int(torch.as_tensor(scores).argmax())], "label_scores": probs}
+    def fields(self, answer, share, scores) -> dict:
+        """One row's result fields from its share of :meth:`generate`'s outputs."""
+        out = {"answer": answer, **({"belief_attention": share} if self.explain else {})}
+        if self.labels:
+            out["label_scores"] = {label: round(float(p), 6) for label, p in zip(self.labels, scores)}
+            out["label"] = self.labels[int(torch.as_tensor(scores).argmax())]
+        return out
 
     @torch.no_grad()
     def generate(self, batch) -> tuple[list[str], list, list]:

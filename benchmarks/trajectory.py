@@ -154,7 +154,7 @@ class TrajectoryEngine(Engine):
             seconds = round(decode_seconds / len(rows), 4)
             return [{"status": "error", "reason": reason, "seconds": seconds} for _ in rows]
         try:
-            answers, shares, scores = self.generate(batch)
+            outputs = list(zip(*self.generate(batch)))
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as err:  # noqa: BLE001 - fall back to one prediction per ratio
@@ -162,10 +162,7 @@ class TrajectoryEngine(Engine):
                            type(err).__name__, err)
             return [self.predict(s, [row])[0] for s, row in zip(settings, rows)]
         seconds = round((decode_seconds + time.perf_counter() - start) / len(rows), 4)
-        return [{"status": "ok", "answer": answer, "seconds": seconds,
-                 **({"belief_attention": share} if self.explain else {}),
-                 **(self._label_fields(score) if self.labels else {})}
-                for answer, share, score in zip(answers, shares, scores)]
+        return [{"status": "ok", **self.fields(*values), "seconds": seconds} for values in outputs]
 
 
 def trajectory(model, processor, rows: Sequence[dict], ratios: Sequence[float] = DEFAULT_RATIOS,

@@ -146,3 +146,89 @@ def test_the_trajectory_figure_renders(tiny, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     with pytest.raises(ValueError, match="--labels"):
         plot_trajectories({"a": [{"keep_ratio": 1.0, "answer": "x"}]}, tmp_path / "none.png")
+
+
+# ===================================================================================================== CLI
+@pytest.fixture(scope="module")
+def folder(tiny, tmp_path_factory):
+    model, processor, rows = tiny
+    out = tmp_path_factory.mktemp("tiny_folder")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _records(path):
+    import json
+
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [r for r in lines if "setting_id" in r and r.get("kind") != "setting"]
+
+
+def test_cli_predict_labels_and_trajectory_resume_and_figure(folder, tiny, tmp_path):
+    import affectverse_cli as cli
+
+    _, _, rows = tiny
+    clips = [r["video"] for r in rows]
+    out = tmp_path / "traj.jsonl"
+    args = ["predict", str(folder), *clips, "--out", str(out), "--labels", ",".join(LABELS), "--trajectory",
+            "--ratios", "0.5,1", "--max-new-tokens", "3", "--num-workers", "0", "--figure", str(tmp_path / "t.png")]
+    assert cli.main(args) == 0
+    records = _records(out)
+    assert [(Path(r["path"]).name, r["keep_ratio"]) for r in records] == [
+        (Path(c).name, k) for c in clips for k in (0.5, 1.0)]
+    for r in records:
+        assert r["status"] == "ok" and abs(sum(r["label_scores"].values()) - 1) < 1e-4 and r["label"] in LABELS
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    before = out.read_bytes()
+    assert cli.main(args) == 0 and out.read_bytes() == before  # resumed: nothing left to do
+    plain = tmp_path / "plain.jsonl"
+    assert cli.main(["predict", str(folder), clips[0], "--out", str(plain), "--labels", "happy, sad",
+                     "--max-new-tokens", "3", "--num-workers", "0"]) == 0
+    [one] = _records(plain)
+    assert one["keep_ratio"] == 1.0 and set(one["label_scores"]) == {"happy", "sad"}
+    assert cli.main(["predict", str(folder), clips[0], "--out", str(tmp_path / "x.jsonl"), "--figure", "f.png"]) == 2
+
+
+# ==================================================================================================== embed
+@pytest.mark.parametrize("suffix", [".safetensors", ".parquet"])
+def test_embed_is_resumable_and_matches_a_direct_forward(folder, tiny, tmp_path, suffix):
+    import affectverse_cli as cli
+    from benchmarks.embed import embed_batch, read_embeddings, store_path
+
+    model, processor, rows = tiny
+    clips = [r["video"] for r in rows]
+    out = tmp_path / f"emb{suffix}"
+    base = ["embed", str(folder), "--out", str(out), "--num-workers", "0", "--batch-size", "2"]
+    assert cli.main(base + [clips[0]]) == 0
+    first = read_embeddings(out)
+    assert cli.main(base + clips) == 0  # resumes: only the second clip is computed
+    assert sum(1 for r in _records(store_path(out))) == 2
+    got = read_embeddings(out)
+    assert list(got) == [Path(c).stem for c in clips]
+    for kind, value in first[Path(clips[0]).stem].items():
+        assert torch.equal(value, got[Path(clips[0]).stem][kind])
+    for row in rows:  # each row against a direct forward of that clip alone (the CLI passes no subtitle here)
+        batch, _ = decode(processor, AVT, [dict(row, subtitle="")])
+        vec = got[Path(row["video"]).stem]
+        assert set(vec) == {"belief_tokens", "belief_embeddings", "video_hidden", "audio_hidden", "answer_hidden"}
+        with torch.no_grad():
+            logits = model(**batch, logits_to_keep=1).logits[0, -1]
+        assert torch.allclose(model.lm_head(vec["answer_hidden"]), logits, atol=1e-4)
+        direct = embed_batch(model, batch)[0]
+        for kind in vec:
+            assert torch.allclose(vec[kind], direct[kind], atol=1e-4), kind
+        assert vec["belief_tokens"].shape == (4, model.config.ewm_hidden_size)
+        assert vec["belief_embeddings"].shape == (4, model.config.text_config.hidden_size)
+
+
+def test_embed_rows_do_not_depend_on_the_batch(tiny):
+    from benchmarks.embed import embed_batch
+
+    model, processor, rows = tiny
+    together = embed_batch(model, decode(processor, AVT, rows)[0])
+    for row, vec in zip(rows, together):
+        alone = embed_batch(model, decode(processor, AVT, [row])[0])[0]
+        assert set(alone) == set(vec)
+        for kind in vec:
+            assert torch.allclose(vec[kind], alone[kind], atol=1e-4), kind
