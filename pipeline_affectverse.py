@@ -76,19 +76,33 @@ def next_positions(model, batch) -> torch.Tensor:
     return positions.amax(dim=(0, 2))[:, None] + 1
 
 
+def prompt_state(generated, length: int):
+    """(first-step logits `(B, V)`, KV cache of the first ``length`` positions) of a ``generate`` output made
+    with ``return_dict_in_generate=True, output_logits=True``: what :func:`label_scores` needs of the prompt."""
+    cache = generated.past_key_values
+    remove = cache.get_seq_length() - length
+    if remove > 0:
+        cache.crop(-remove)
+    return generated.logits[0], cache
+
+
 @torch.no_grad()
-def label_scores(model, batch, candidates, normalise: bool = True) -> torch.Tensor:
+def label_scores(model, batch, candidates, normalise: bool = True, prompt=None) -> torch.Tensor:
     """`(B, C)` probability of each candidate answer (token ids) as the model's answer to each prompt row,
     normalised over the candidates (``normalise=False``: the log-probabilities of the whole sequences).
 
-    One forward over the prompt (beliefs injected as in ``generate``) with ``use_cache=True``; then every
-    candidate of every row in one batched pass of the language model on copies of that KV cache (the candidates
-    are right-padded; a padded position is never read). ``batch``: the processor's left-padded prompt batch.
+    One forward over the prompt (beliefs injected as in ``generate``) with ``use_cache=True``, or ``prompt`` =
+    (its last-position logits `(B, V)`, its KV cache), e.g. :func:`prompt_state` of the ``generate`` call that gave
+    the free-text answer; then every candidate of every row in one batched pass of the language model on copies
+    of that KV cache (the candidates are right-padded; a padded position is never read). ``batch``: the
+    processor's left-padded prompt batch. The cache is consumed.
     """
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
     b, length, c = input_ids.shape[0], input_ids.shape[1], len(candidates)
-    out = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): the first answer token
+    if prompt is None:
+        out = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=True, logits_to_keep=1)
+        prompt = out.logits[:, -1], out.cache
+    first = prompt[0].float().log_softmax(-1)  # (B, V): the first answer token
     longest = max(len(cand) for cand in candidates)
     cand = input_ids.new_zeros(c, longest)
     cand_mask = torch.zeros_like(cand)
@@ -96,7 +110,7 @@ def label_scores(model, batch, candidates, normalise: bool = True) -> torch.Tens
         cand[i, : len(tokens)], cand_mask[i, : len(tokens)] = torch.as_tensor(list(tokens)), 1
     logp = first[:, cand[:, 0]]  # (B, C)
     if longest > 1:
-        cache = out.cache
+        cache = prompt[1]
         if cache is None or cache.get_seq_length() != length:
             raise RuntimeError(f"the prompt forward returned a cache of {cache and cache.get_seq_length()} tokens "
                                f"for a prompt of {length}: label scores need the cache of the whole prompt")
@@ -173,10 +187,14 @@ class EmotionRecognitionPipeline(Pipeline):
 
     def _forward(self, inputs, generate_kwargs=None, candidates=None):
         generate_kwargs = {"max_new_tokens": 32, "do_sample": False, **(generate_kwargs or {})}
+        if candidates is not None:  # the prompt's pass serves the answer and the label scores
+            generate_kwargs.update(return_dict_in_generate=True, output_logits=True)
         tokens = self.model.generate(**inputs, **generate_kwargs)
-        out = {"new_tokens": tokens[:, inputs["input_ids"].shape[1]:]}
+        sequences = tokens.sequences if candidates is not None else tokens
+        out = {"new_tokens": sequences[:, inputs["input_ids"].shape[1]:]}
         if candidates is not None:
-            out["label_scores"] = label_scores(self.model, inputs, candidates)
+            prompt = prompt_state(tokens, inputs["input_ids"].shape[1])
+            out["label_scores"] = label_scores(self.model, inputs, candidates, prompt=prompt)
         return out
 
     def postprocess(self, outputs, labels=None):

@@ -35,7 +35,7 @@ from transformers.utils import cached_file
 
 from benchmarks.store import PredictionStore, StoreError, shard_files, shard_path
 from modeling_affectverse import AffectVerseForConditionalGeneration
-from pipeline_affectverse import answer_candidates, label_scores
+from pipeline_affectverse import answer_candidates, label_scores, prompt_state
 from processing_affectverse import AffectVerseCollator, AffectVerseProcessor, answer_from_label
 
 logger = logging.getLogger(__name__)
@@ -365,8 +365,10 @@ class Engine:
         """(greedy answers, belief attention shares or Nones, label probabilities `(C,)` or Nones) for one
         collated batch."""
         batch = to_device(batch, self.model)
-        tokens = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                     pad_token_id=self.processor.tokenizer.pad_token_id)
+        out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  pad_token_id=self.processor.tokenizer.pad_token_id,
+                                  **({"return_dict_in_generate": True, "output_logits": True} if self.labels else {}))
+        tokens = out.sequences if self.labels else out
         new_tokens = tokens[:, batch["input_ids"].shape[1]:]  # generate returns the prompt + the new tokens
         answers = [a.strip() for a in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
         shares = [None] * len(answers)
@@ -374,7 +376,10 @@ class Engine:
             out = self.model(**batch, output_belief_attention=True, logits_to_keep=1)
             if out.belief_attention is not None:
                 shares = belief_shares(out.belief_attention)
-        scores = list(label_scores(self.model, batch, self.candidates).cpu()) if self.labels else [None] * len(answers)
+        scores = [None] * len(answers)
+        if self.labels:  # the prompt's pass is generate's: its first-step logits and its cache cut to the prompt
+            prompt = prompt_state(out, batch["input_ids"].shape[1])
+            scores = list(label_scores(self.model, batch, self.candidates, prompt=prompt).cpu())
         return answers, shares, scores
 
 

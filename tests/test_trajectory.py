@@ -84,6 +84,11 @@ def test_engine_and_pipeline_give_label_scores(tiny):
         assert r["status"] == "ok" and set(r["label_scores"]) == set(LABELS)
         assert abs(sum(r["label_scores"].values()) - 1) < 1e-4
         assert r["label"] == max(r["label_scores"], key=r["label_scores"].get) and r["answer"]
+    # the engine reuses generate's prompt pass (first-step logits, cache cut to the prompt): the same scores
+    batch, _ = decode(processor, AVT, rows)
+    direct = label_scores(model, batch, label_candidates(processor, LABELS))
+    for r, p in zip(results, direct):
+        assert list(r["label_scores"].values()) == pytest.approx(p.tolist(), abs=1e-5)
     with pytest.raises(ValueError, match="duplicates"):
         label_candidates(processor, ["happy", "happy"])
 
