@@ -79,7 +79,7 @@ def next_positions(model, batch) -> torch.Tensor:
 def prompt_state(generated, length: int):
     """(first-step logits `(B, V)`, KV cache of the first ``length`` positions) of a ``generate`` output made
     with ``return_dict_in_generate=True, output_logits=True``: what :func:`label_scores` needs of the prompt."""
-    cache = generated.past_key_values
+    cache = generated.cache
     remove = cache.get_seq_length() - length
     if remove > 0:
         cache.crop(-remove)

@@ -154,7 +154,8 @@ class TrajectoryEngine(Engine):
             seconds = round(decode_seconds / len(rows), 4)
             return [{"status": "error", "reason": reason, "seconds": seconds} for _ in rows]
         try:
-            outputs = list(zip(*self.generate(batch)))
+            labels = self.label_set(rows)
+            outputs = list(zip(*(self.generate(batch, labels) if labels else self.generate(batch))))
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as err:  # noqa: BLE001 - fall back to one prediction per ratio
