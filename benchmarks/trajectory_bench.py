@@ -9,7 +9,9 @@ it prints the best of ``--repeats`` rounds (rounds alternate between the measure
 - **10 independent**: one such prediction at each ratio 0.1, ..., 1.0 (``trajectory(reuse=False)``);
 - **trajectory**: ``trajectory(reuse=True)``: decoded once, the 10 ratios in one batch;
 
-and the trajectory's time over 10 independent (goal <= 0.35) and over one prediction (goal <= 3.5).
+and the trajectory's time over 10 independent (goal <= 0.35) and over one prediction (goal <= 3.5); then how many
+of the 10 prompts' tokens equal the ratio-1.0 prompt's (the most a cross-ratio KV-cache reuse could skip; that reuse
+is not implemented, see docs/design.md).
 """
 
 from __future__ import annotations
@@ -26,12 +28,38 @@ import torch
 from benchmarks.clips import generate_clips
 from benchmarks.engine import MODALITIES, Engine, Setting
 from benchmarks.tiny import tiny_config, tiny_processor
-from benchmarks.trajectory import DEFAULT_RATIOS, trajectory
+from benchmarks.trajectory import DEFAULT_RATIOS, decode_trajectory, trajectory
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from processing_affectverse import AffectVerseProcessor
 
 logger = logging.getLogger("trajectory_bench")
 LABELS = ["happy", "sad", "angry", "neutral"]
+
+
+@torch.no_grad()
+def shared_prefix(model, processor, row: dict) -> tuple[int, int]:
+    """(prompt tokens of the 10 ratios, tokens of the 9 shorter ratios whose id, embedding after the media
+    scatter (within 1e-5) and TMRoPE position equal those of the ratio-1.0 prompt at the same index, with every
+    token before them): what a cross-ratio KV-cache reuse could skip at most. Uses the model's private
+    ``_embed`` / ``_positions`` (a measurement, not a code path)."""
+    settings = [Setting(MODALITIES["avt"], r) for r in DEFAULT_RATIOS]
+    batch, _ = decode_trajectory(processor, settings, row)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    embeds, _ = model._embed(ids, batch["input_features"], batch["feature_attention_mask"], None, None,
+                             batch.get("pixel_values_videos"), batch.get("video_grid_thw"))
+    positions, _ = model._positions(ids, mask, None, batch.get("video_grid_thw"), batch["feature_attention_mask"],
+                                    batch["use_audio_in_video"], batch.get("video_second_per_grid"))
+    rows = []
+    for i in range(ids.shape[0]):  # left padding: the real tokens are the last n of each row
+        n = int(mask[i].sum())
+        rows.append((ids[i, -n:], embeds[i, -n:], positions[:, i, -n:]))
+    full, total, shared = rows[-1], sum(len(r[0]) for r in rows), 0
+    for r in rows[:-1]:
+        m = min(len(r[0]), len(full[0]))
+        close = ((r[1][:m] - full[1][:m]).abs() <= 1e-5).all(-1)
+        same = (r[0][:m] == full[0][:m]) & close & (r[2][:, :m] == full[2][:, :m]).all(0)
+        shared += int(same.long().cumprod(0).sum())
+    return total, shared
 
 
 def measure(layout: str, row: dict, args) -> dict:
@@ -57,7 +85,8 @@ def measure(layout: str, row: dict, args) -> dict:
             fn()
             times[name].append(time.perf_counter() - start)
     best = {name: min(t) for name, t in times.items()}
-    return {"layout": layout, **best, "vs_independent": best["trajectory"] / best["10 independent"],
+    total, shared = shared_prefix(model, processor, row)
+    return {"layout": layout, **best, "tokens": total, "shared_with_full": shared, "vs_independent": best["trajectory"] / best["10 independent"],
             "vs_one": best["trajectory"] / best["one prediction"]}
 
 
@@ -82,6 +111,9 @@ def main(argv=None):
             logger.info("%-11s one %.3f s | 10 independent %.3f s | trajectory %.3f s | trajectory / 10 independent "
                         "%.2f (goal <= 0.35) | trajectory / one %.2f (goal <= 3.5)", r["layout"],
                         r["one prediction"], r["10 independent"], r["trajectory"], r["vs_independent"], r["vs_one"])
+            logger.info("%-11s prompt tokens over the 10 ratios %d, of which %d (%.0f %%) equal the ratio-1.0 "
+                        "prompt's (id, embedding, position): the most a cross-ratio KV reuse could skip (not done)",
+                        r["layout"], r["tokens"], r["shared_with_full"], 100 * r["shared_with_full"] / r["tokens"])
 
 
 if __name__ == "__main__":

@@ -239,3 +239,17 @@ def test_embed_rows_do_not_depend_on_the_batch(tiny):
         assert set(alone) == set(vec)
         for kind in vec:
             assert torch.allclose(vec[kind], alone[kind], atol=1e-4), kind
+
+
+def test_engine_batches_never_mix_label_sets(tiny):
+    """benchmarks.run gives each benchmark its own label set: a batch holds one (the scores normalise over it)."""
+    model, processor, rows = tiny
+    sets = {"a": ["happy", "sad"], "b": ["angry", "neutral", "happy"], "c": None}
+    engine = Engine(model, processor, max_new_tokens=2, batch_size=4, num_workers=0,
+                    labels=lambda row: sets[row["benchmark"]])
+    work = [(AVT, dict(rows[0], benchmark=b, name=f"{b}{i}")) for b in "aabbc" for i in range(1)]
+    jobs = engine.batches(work)
+    assert [[r["benchmark"] for r in batch] for _, batch in jobs] == [["a", "a"], ["b", "b"], ["c"]]
+    results = engine.predict(AVT, [dict(rows[0], benchmark="b"), dict(rows[1], benchmark="b")])
+    assert all(set(r["label_scores"]) == set(sets["b"]) for r in results)
+    assert "label_scores" not in engine.predict(AVT, [dict(rows[0], benchmark="c")])[0]
