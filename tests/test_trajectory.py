@@ -253,3 +253,22 @@ def test_engine_batches_never_mix_label_sets(tiny):
     results = engine.predict(AVT, [dict(rows[0], benchmark="b"), dict(rows[1], benchmark="b")])
     assert all(set(r["label_scores"]) == set(sets["b"]) for r in results)
     assert "label_scores" not in engine.predict(AVT, [dict(rows[0], benchmark="c")])[0]
+
+
+@pytest.mark.parametrize("modality", ["at", "vt"])
+def test_shared_decoding_without_a_modality(tiny, modality):
+    """A+T reads the clip's audio as a file, V+T has no audio: each ratio still gets the file's own input."""
+    from benchmarks.trajectory import decode_trajectory
+
+    model, processor, rows = tiny
+    settings = [Setting(MODALITIES[modality], r) for r in RATIOS]
+    shared, reason = decode_trajectory(processor, settings, rows[0])
+    assert reason is None
+    for i, setting in enumerate(settings):
+        alone, _ = decode(processor, setting, rows[:1])
+        n = int(alone["attention_mask"].sum())
+        assert shared["input_ids"][i, -n:].tolist() == alone["input_ids"][0].tolist()
+        key = "input_features" if modality == "at" else "pixel_values_videos"
+        if key == "input_features":
+            frames = int(alone["feature_attention_mask"].sum())
+            assert torch.equal(shared[key][i, :, :frames], alone[key][0, :, :frames])
