@@ -193,6 +193,9 @@ def test_cli_predict_labels_and_trajectory_resume_and_figure(folder, tiny, tmp_p
     [one] = _records(plain)
     assert one["keep_ratio"] == 1.0 and set(one["label_scores"]) == {"happy", "sad"}
     assert cli.main(["predict", str(folder), clips[0], "--out", str(tmp_path / "x.jsonl"), "--figure", "f.png"]) == 2
+    assert cli.main(["predict", str(folder), clips[0], "--out", str(tmp_path / "y.jsonl"), "--trajectory",
+                     "--ratios", "0,0.5"]) == 2  # a ratio outside (0, 1]
+    assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "y.jsonl").exists()
 
 
 # ==================================================================================================== embed
