@@ -86,7 +86,8 @@ def measure(layout: str, row: dict, args) -> dict:
             times[name].append(time.perf_counter() - start)
     best = {name: min(t) for name, t in times.items()}
     total, shared = shared_prefix(model, processor, row)
-    return {"layout": layout, **best, "tokens": total, "shared_with_full": shared, "vs_independent": best["trajectory"] / best["10 independent"],
+    return {"layout": layout, **best, "tokens": total, "shared_with_full": shared,
+            "vs_independent": best["trajectory"] / best["10 independent"],
             "vs_one": best["trajectory"] / best["one prediction"]}
 
 
