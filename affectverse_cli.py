@@ -185,6 +185,10 @@ def embed(args) -> int:
     if out.suffix not in EMBED_FORMATS:
         raise ValueError(f"--out {out}: must end in {' or '.join(EMBED_FORMATS)}")
     clips = find_clips(args.clips)
+    stems = [clip.stem for clip in clips]
+    twins = sorted({str(c) for c in clips if stems.count(c.stem) > 1})
+    if twins:  # the output is keyed by clip name
+        raise ValueError(f"clips with the same file name (the output's key): {twins}")
     rows = clip_rows(clips, args)
     setting = Setting(MODALITIES["avt" if args.audio == "video" else "vt"])
     device, dtype = resolve_device(args.device, args.dtype)

@@ -214,6 +214,10 @@ def test_embed_is_resumable_and_matches_a_direct_forward(folder, tiny, tmp_path,
     assert sum(1 for r in _records(store_path(out))) == 2
     got = read_embeddings(out)
     assert list(got) == [Path(c).stem for c in clips]
+    twin = tmp_path / "other" / Path(clips[0]).name
+    twin.parent.mkdir()
+    twin.write_bytes(Path(clips[0]).read_bytes())
+    assert cli.main(base + [clips[0], str(twin)]) == 2  # two clips, one name: refused before anything runs
     for kind, value in first[Path(clips[0]).stem].items():
         assert torch.equal(value, got[Path(clips[0]).stem][kind])
     for row in rows:  # each row against a direct forward of that clip alone (the CLI passes no subtitle here)
