@@ -279,3 +279,31 @@ def test_shared_decoding_without_a_modality(tiny, modality):
         if key == "input_features":
             frames = int(alone["feature_attention_mask"].sum())
             assert torch.equal(shared[key][i, :, :frames], alone[key][0, :, :frames])
+
+
+def test_label_scores_agree_with_greedy_generation_where_the_answer_is_a_label(tiny):
+    """A tiny model fitted to answer "sad" for a clip: greedy generation gives that label's answer and the label
+    scores put "sad" on top (the other test covers any greedy continuation, label or not)."""
+    from processing_affectverse import AffectVerseCollator, answer_from_label
+
+    _, processor, rows = tiny
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = AffectVerseForConditionalGeneration(cfg)
+    processor = AffectVerseProcessor.from_model_config(cfg, processor, max_length=4096)
+    row = dict(rows[0], label="sad")
+    train = AffectVerseCollator(processor, training=True)([row])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(40):
+        loss = model(**train).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    batch, _ = decode(processor, AVT, [row])
+    with torch.no_grad():
+        tokens = model.generate(**batch, max_new_tokens=16, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    assert processor.batch_decode(tokens, skip_special_tokens=True)[0].strip() == answer_from_label("sad")
+    probs = label_scores(model, batch, label_candidates(processor, LABELS))[0]
+    assert LABELS[int(probs.argmax())] == "sad" and float(probs.max()) > 0.5
