@@ -124,7 +124,8 @@ def predict(args) -> int:
               "generation": {"max_new_tokens": args.max_new_tokens, "do_sample": False},
               "extractor": {"name": "rule"}, "sentiment": args.sentiment, "explain": args.explain,
               "subtitles": {"sha256": _file_hash(args.subtitle_file), "column": args.subtitle_column},
-              "labels": labels, "trajectory": list(ratios) if args.trajectory else None}
+              # recorded only when used, so a file of an earlier version (without these fields) still resumes
+              **({"labels": labels} if labels else {}), **({"trajectory": list(ratios)} if args.trajectory else {})}
     counts = {"ok": 0, "error": 0}
 
     def make_engine():

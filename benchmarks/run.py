@@ -418,7 +418,8 @@ def main(argv=None) -> int:
     record = {"model": checkpoint_record(args.model), "dtype": str(dtype).replace("torch.", ""),
               "generation": {"max_new_tokens": args.max_new_tokens, "do_sample": False},
               "extractor": {"name": args.extractor, "model": args.extractor_model},
-              "label_scores": not args.no_label_scores}
+              # only when on: a run folder of an earlier version resumes with --no-label-scores
+              **({} if args.no_label_scores else {"label_scores": True})}
     t0 = time.perf_counter()
     try:
         finished, store = predict(groups, args.modality_list, args.keep_ratio_list, args, record, get_model)
