@@ -25,7 +25,7 @@ def readme_commands(heading: str) -> list[list[str]]:
     """The commands of the first bash block after ``heading``, continuation lines joined."""
     text = (ROOT / "README.md").read_text()
     block = re.search(re.escape(heading) + r".*?```bash\n(.*?)```", text, flags=re.S).group(1)
-    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    return [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
 def test_readme_names_folders_that_train_py_writes():
@@ -50,7 +50,9 @@ def test_readme_tiny_evaluation_commands_run_as_written(tmp_path):
     tiny_processor().save_pretrained(tmp_path / TRAIN_OUTPUT)  # what train.py's export writes (merged + processor)
     generate_clips(tmp_path / TRAIN_DATA, n_clips=12)  # train.py generates 120; fewer keep the test short
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    for command in readme_commands("On the folder `python train.py` wrote"):
+    commands = readme_commands("On the folder `python train.py` wrote")
+    commands += readme_commands("## Emotion over time, label scores, representations")
+    for command in commands:
         head = [sys.executable] if command[0] == "python" else [sys.executable, "-m", "affectverse_cli"]
         assert command[0] in ("python", "affectverse"), command
         done = subprocess.run(head + command[1:], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -60,3 +62,6 @@ def test_readme_tiny_evaluation_commands_run_as_written(tmp_path):
     assert len(scores) == 6 and (tmp_path / "runs" / "tiny-eval" / "report.md").is_file()
     lines = (tmp_path / "runs" / "tiny-preds.jsonl").read_text().splitlines()
     assert len(lines) == 2 + 12  # header, setting, one line per clip
+    assert (tmp_path / "runs" / "traj.png").is_file() and (tmp_path / "runs" / "emb.safetensors").is_file()
+    trajectory = [json.loads(line) for line in (tmp_path / "runs" / "traj.jsonl").read_text().splitlines()]
+    assert any(r.get("label_scores") for r in trajectory)
