@@ -127,13 +127,11 @@ def imagine_row(model: Path, manifest: Path, folder: Path, args):
     path.write_text(json.dumps(result, indent=2))
 
 
-def code_stamp(folder: Path):
-    """``code.json``: the commit (and whether the tree had local changes) that trained this folder, written once."""
+def code_version() -> dict:
+    """The git commit of this checkout and whether tracked files differ from it, read once when the study starts
+    (the code a process runs is the code it imported)."""
     import subprocess
 
-    path = folder / "code.json"
-    if path.is_file():
-        return
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
@@ -141,8 +139,15 @@ def code_stamp(folder: Path):
                                     capture_output=True, text=True).stdout.strip())
     except OSError:
         head, dirty = "", None
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"commit": head, "local_changes": dirty}) + "\n")
+    return {"commit": head, "local_changes": dirty}
+
+
+def code_stamp(folder: Path, version: dict):
+    """``code.json``: the code version that trained this folder, written when its training starts."""
+    path = folder / "code.json"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(version) + "\n")
 
 
 def read_row(folder: Path) -> dict | None:
@@ -319,6 +324,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    version = code_version()
     manifest = out / "clips" / "manifest.csv"
     if not args.report_only:
         if not manifest.is_file():
@@ -329,7 +335,7 @@ def main(argv=None) -> int:
             for row in args.row_list:
                 folder = out / row / f"seed{seed}"
                 start = time.perf_counter()
-                code_stamp(folder)
+                code_stamp(folder, version)
                 model = train_row(row, seed, manifest, folder, args)
                 evaluate_row(model, manifest, folder, seed, args)
                 if not args.no_imagination:
