@@ -10,14 +10,27 @@ from benchmarks import ablation
 def test_mean_std_and_verdict_follow_the_numbers():
     assert ablation.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
     assert ablation.mean_std([5.0]) == (5.0, 0.0) and ablation.mean_std([]) == (None, None)
-    cell = lambda m, s: {"mean": m, "std": s}  # noqa: E731
+    cell = lambda m, s: {"mean": m, "std": s, "n_seeds": 2}  # noqa: E731
     summary = {"settings": ["avt@1", "vt"], "rows": {
         "ewm": {"label": "EWM", "seeds": [0, 1], "cells": {"avt@1": cell(60, 2), "vt": cell(50, 5)}},
         "none": {"label": "None", "seeds": [0, 1], "cells": {"avt@1": cell(50, 3), "vt": cell(52, 1)}}}}
     lines = ablation.verdicts(summary)
     assert "better beyond the spread in 1 of 2 settings, worse beyond it in 0" in lines[0]
     assert "κ=1.0 +10.0 (beyond)" in lines[0] and "No Audio -2.0," not in lines[0]
-    assert any("Random" in line or "random" in line for line in lines[1:])  # not run: said so
+    assert any("random" in line and "not run" in line for line in lines[1:])  # not run: said so
+
+
+def test_weighted_f1_equals_the_scorers():
+    import numpy as np
+
+    from benchmarks.scoring import closed_set_scores
+
+    rng = np.random.default_rng(0)
+    labels = ["angry", "happy", "sad"]
+    truth, pred = rng.integers(0, 3, 50), rng.integers(-1, 3, 50)  # -1: the answer named no label
+    expected = closed_set_scores([labels[t] for t in truth], [[labels[p]] if p >= 0 else ["none"] for p in pred],
+                                 labels)["weighted_f1"]
+    assert ablation.weighted_f1(truth, pred) == pytest.approx(100 * expected)
 
 
 @pytest.mark.slow
