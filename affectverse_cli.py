@@ -4,9 +4,11 @@
     affectverse export MODEL_OR_TRAIN_OUTPUT OUT_DIR [--eval-summary scores.json] [--max-shard-size 2GB] ...
     affectverse push FOLDER REPO_ID [--private] [--revision REV] [--commit-message MSG] [--dry-run]
 
-``predict`` loads ``MODEL`` (a folder or a Hub id) with ``AutoModelForCausalLM`` / ``AutoProcessor`` and
-``trust_remote_code=True``, exactly as a Hub user would, and writes one JSON line per clip (see
-``docs/usage.md`` for the fields); it resumes where an earlier run stopped. ``export`` writes what a Hub model
+``predict`` loads ``MODEL`` (a folder or a Hub id) with the project's own classes (the folder's Python files run
+only with ``--trust-remote-code``) and writes one JSON line per clip into a prediction store
+(:mod:`benchmarks.store`: a header with the run's settings, see ``docs/usage.md`` for the fields); it resumes
+where an earlier run stopped, refuses to mix settings (``--new-run`` starts a fresh file beside it) and runs on
+several GPUs with ``accelerate launch -m affectverse_cli predict ...``. ``export`` writes what a Hub model
 repository needs (sharded safetensors, config with ``auto_map``, processor and tokenizer files, the code files and
 a model card) and ``push`` uploads a folder; both are :mod:`benchmarks.hub`.
 """
@@ -15,13 +17,25 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.engine import (
+    MODALITIES,
+    Engine,
+    Processes,
+    Setting,
+    checkpoint_record,
+    load_model,
+    predict_to_store,
+    resolve_device,
+)
 from benchmarks.hub import BASE_MODEL, export_for_hub, human_size, push_folder, upload_plan
+from benchmarks.store import fresh_path
 
 logger = logging.getLogger("affectverse")
 
@@ -54,175 +68,75 @@ def read_subtitles(path, column: str | None = None) -> dict[str, str]:
         return {Path(row["name"]).stem: row[column] or "" for row in reader}
 
 
-def read_done(out: Path, retry_errors: bool = False) -> set[str]:
-    """Paths already in ``out``. Lines cut short by an interrupted run (and, with ``retry_errors``, error lines)
-    are removed from the file so that they run again."""
-    if not out.is_file():
-        return set()
-    kept, dropped = [], 0
-    for line in out.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or "path" not in record:
-            dropped += 1
-            continue
-        if retry_errors and record.get("status") == "error":
-            dropped += 1
-            continue
-        kept.append(record)
-    if dropped:
-        logger.warning("%s: removing %d line(s) to run again (incomplete%s)", out, dropped,
-                       " or errors" if retry_errors else "")
-        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-    return {r["path"] for r in kept}
+def to_records(sentiment: bool, setting, rows: list[dict], results: list[dict]) -> list[dict]:
+    """predict's JSON lines for one engine batch: labels (and sentiment) by rule, errors with their reason."""
+    from benchmarks.scoring import extract_labels, sentiment_from_labels
 
-
-def resolve_device(device: str, dtype: str):
-    """(torch device, torch dtype); ``auto`` picks CUDA when present, and bfloat16 there (float16 without bf16
-    support), float32 on the CPU."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            dtype = "float32"
-    return torch.device(device), getattr(torch, dtype)
-
-
-def load_model(name: str, device, dtype):
-    """The model and processor of ``name`` (a folder or a Hub id), as a Hub user loads them."""
-    from transformers import AutoModelForCausalLM, AutoProcessor
-
-    model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True, dtype=dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
-    return model, processor
-
-
-def belief_shares(attention) -> list[dict | None]:
-    """Per sample, the share of MAMA attention mass on the video and on the audio memory.
-
-    ``attention`` is `(B, 2*N_b, 2*S*N_s)` with the video memory's columns first; rows of unused belief slots
-    are zero, so every used belief query counts equally.
-    """
-    half = attention.shape[-1] // 2
-    video, audio = attention[..., :half].float().sum((1, 2)), attention[..., half:].float().sum((1, 2))  # (B,)
-    total = video + audio
-    return [None if t <= 0 else {"video": round(float(v / t), 4), "audio": round(float(a / t), 4)}
-            for v, a, t in zip(video, audio, total)]
-
-
-class Predictor:
-    """Rows in, JSON records out: batched greedy generation, bad clips recorded, optional belief attention."""
-
-    def __init__(self, model, processor, max_new_tokens: int = 64, sentiment: bool = False, explain: bool = False):
-        from processing_affectverse import AffectVerseCollator  # the package's; it calls processor.encode/collate
-
-        self.model, self.processor, self.max_new_tokens = model, processor, max_new_tokens
-        self.sentiment, self.explain = sentiment, explain
-        self.collator = AffectVerseCollator(processor, training=False, on_error="skip")
-
-    def __call__(self, rows: list[dict]) -> list[dict]:
-        """Records for ``rows`` (``name`` is the clip path); a batch that fails as a whole is retried clip by clip."""
-        try:
-            return self._batch(rows)
-        except (KeyboardInterrupt, MemoryError):
-            raise
-        except Exception as err:  # noqa: BLE001 - one bad clip must not stop a long run
-            if len(rows) == 1:
-                logger.warning("%s: %s", rows[0]["name"], err)
-                return [self._error(rows[0], f"{type(err).__name__}: {err}", 0.0)]
-            logger.warning("batch of %d failed (%s: %s); retrying clip by clip", len(rows), type(err).__name__, err)
-            return [record for row in rows for record in self([row])]
-
-    def _batch(self, rows):
-        import torch
-
-        from benchmarks.scoring import extract_labels, sentiment_from_labels
-
-        start, n_skipped = time.perf_counter(), len(self.collator.skipped)
-        try:
-            batch = self.collator(rows)
-        except ValueError:  # every clip of the batch failed: the reasons are in collator.skipped
-            batch = None
-        failed = dict(self.collator.skipped[n_skipped:])
-        good = [row for row in rows if row["name"] not in failed]
-        answers, shares = [], [None] * len(good)
-        if good:
-            batch = self._to_device(batch)
-            with torch.no_grad():
-                tokens = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False)
-                if self.explain:
-                    out = self.model(**batch, output_belief_attention=True, logits_to_keep=1)
-                    if out.belief_attention is not None:
-                        shares = belief_shares(out.belief_attention)
-            answers = self.processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        seconds = (time.perf_counter() - start) / len(rows)
-        records = {row["name"]: self._error(row, failed[row["name"]], seconds) for row in rows if row["name"] in failed}
-        for row, answer, share in zip(good, answers, shares):
-            labels = extract_labels(answer)
-            record = {"status": "ok", "labels": labels, "primary": labels[0] if labels else None}
-            if self.sentiment:
-                record["sentiment"] = sentiment_from_labels(labels)
-            if self.explain:
-                record["belief_attention"] = share
-            records[row["name"]] = self._record(row, **record, answer=answer.strip(), seconds=round(seconds, 4))
-        return [records[row["name"]] for row in rows]
-
-    def _to_device(self, batch):
-        """Move the batch; only the encoders' inputs take the model's dtype (positions stay float32)."""
-        from benchmarks.run import to_device
-
-        return to_device(batch, self.model)
-
-    @staticmethod
-    def _record(row, **fields) -> dict:
+    records = []
+    for row, result in zip(rows, results):
         path = Path(row["name"])
-        return {"path": str(path), "name": path.stem, **fields}
+        record = {"path": str(path), "name": path.stem, "status": result["status"]}
+        if result["status"] == "error":
+            # an empty prediction: benchmarks.score then counts a failed clip as a miss instead of refusing the file
+            record.update(error=result["reason"].removeprefix(f"{row['name']}: "), labels=[])
+            if sentiment:
+                record["sentiment"] = "neutral"
+        else:
+            labels = extract_labels(result["answer"])
+            record.update(labels=labels, primary=labels[0] if labels else None)
+            if sentiment:
+                record["sentiment"] = sentiment_from_labels(labels)
+            if "belief_attention" in result:
+                record["belief_attention"] = result["belief_attention"]
+            record["answer"] = result["answer"]
+        record["seconds"] = result["seconds"]
+        records.append(record)
+    return records
 
-    def _error(self, row, reason: str, seconds: float) -> dict:
-        reason = reason.removeprefix(f"{row['name']}: ")  # MediaError and the collator name the file first
-        # an empty prediction: benchmarks.score then counts a failed clip as a miss instead of refusing the file
-        empty = {"labels": [], "sentiment": "neutral"} if self.sentiment else {"labels": []}
-        return self._record(row, status="error", error=reason, **empty, seconds=round(seconds, 4))
+
+def _file_hash(path) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
 
 
 def predict(args) -> int:
-    from tqdm.auto import tqdm
-
-    if args.batch_size < 1 or args.max_new_tokens < 1:
-        raise ValueError("--batch-size and --max-new-tokens must be at least 1")
+    if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_workers < 0:
+        raise ValueError("--batch-size and --max-new-tokens must be at least 1, --num-workers at least 0")
+    procs = Processes()
     clips, out = find_clips(args.clips), Path(args.out)
-    done = read_done(out, args.retry_errors)
-    todo = [clip for clip in clips if str(clip) not in done]
-    logger.info("%d clips: %d already in %s, %d to predict", len(clips), len(clips) - len(todo), out, len(todo))
+    if args.new_run:  # the main process's choice holds for every process
+        out = Path(procs.from_main(str(fresh_path(out) if out.exists() else out)))
+        logger.info("--new-run: a fresh run in %s", out)
+    subtitles = read_subtitles(args.subtitle_file, args.subtitle_column) if args.subtitle_file else {}
+    setting = Setting(MODALITIES["avt" if args.audio == "video" else "vt"])
+    rows = [{"name": str(clip), "video": str(clip), "audio": "", "subtitle": subtitles.get(clip.stem, "")}
+            for clip in clips]
+    device, dtype = resolve_device(args.device, args.dtype)
+    record = {"model": checkpoint_record(args.model), "dtype": str(dtype).replace("torch.", ""),
+              "generation": {"max_new_tokens": args.max_new_tokens, "do_sample": False},
+              "extractor": {"name": "rule"}, "sentiment": args.sentiment, "explain": args.explain,
+              "subtitles": {"sha256": _file_hash(args.subtitle_file), "column": args.subtitle_column}}
     counts = {"ok": 0, "error": 0}
-    seconds = 0.0
-    if todo:
-        subtitles = read_subtitles(args.subtitle_file, args.subtitle_column) if args.subtitle_file else {}
-        device, dtype = resolve_device(args.device, args.dtype)
-        model, processor = load_model(args.model, device, dtype)
+
+    def make_engine():
+        model, processor = load_model(args.model, device, dtype, args.trust_remote_code)
         logger.info("loaded %s (%s, %s)", args.model, device, dtype)
-        predictor = Predictor(model, processor, args.max_new_tokens, args.sentiment, args.explain)
-        audio = "video" if args.audio == "video" else None
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a", encoding="utf-8") as fh, tqdm(total=len(todo), unit="clip", disable=None) as bar:
-            for i in range(0, len(todo), args.batch_size):
-                rows = [{"name": str(clip), "video": str(clip), "audio": audio,
-                         "subtitle": subtitles.get(clip.stem, "")} for clip in todo[i:i + args.batch_size]]
-                for record in predictor(rows):
-                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    counts[record["status"]] += 1
-                    seconds += record["seconds"]
-                fh.flush()  # a stopped run loses at most the batch in flight
-                bar.update(len(rows))
-    per_clip = seconds / max(len(todo), 1)
-    print(f"affectverse predict: {counts['ok']} predicted, {counts['error']} errors, {len(clips) - len(todo)} already "
-          f"in {out} ({per_clip:.3f} s/clip)")
+        return Engine(model, processor, args.max_new_tokens, args.batch_size, args.num_workers, args.explain)
+
+    def records(setting, rows, results):
+        found = to_records(args.sentiment, setting, rows, results)
+        for r in found:
+            counts[r["status"]] += 1
+        return found
+
+    start = time.perf_counter()
+    _, _, n_run = predict_to_store(out, record, args.model, ("path",), [(setting, row) for row in rows],
+                                       lambda row: (row["name"],), make_engine, records,
+                                       retry_errors=args.retry_errors, desc="predicting")
+    ok, errors = procs.total(counts["ok"]), procs.total(counts["error"])  # every process's clips
+    if procs.main:
+        per_clip = (time.perf_counter() - start) / max(n_run, 1)
+        print(f"affectverse predict: {ok} predicted, {errors} errors, {len(clips) - n_run} "
+              f"already in {out} ({per_clip:.3f} s/clip){'' if procs.world == 1 else f', {procs.world} processes'}")
     return 0
 
 
@@ -235,7 +149,7 @@ def export(args) -> int:
         hint = " (a train.py run without --export_merged: its adapter/ holds only LoRA + EWM)" \
             if (source / "adapter").is_dir() else ""
         raise ValueError(f"{source} holds no config.json{hint}")
-    model, processor = load_model(args.model, "cpu", "auto")
+    model, processor = load_model(args.model, "cpu", "auto", args.trust_remote_code)
     run_args = source / "run_args.json"
     training_args = json.loads(run_args.read_text()) if run_args.is_file() else None
     export_for_hub(model, processor, out, args.eval_summary, training_args, args.max_shard_size,
@@ -266,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("predict", help="predict emotions for video clips into a JSON-lines file")
-    p.add_argument("model", help="model folder or Hub id (loaded with trust_remote_code)")
+    p.add_argument("model", help="model folder or Hub id (the project's classes load it)")
     p.add_argument("clips", nargs="+", help="video files or folders (searched recursively for "
                                             f"{'/'.join(VIDEO_EXTENSIONS)})")
     p.add_argument("--out", default="preds.jsonl", help="JSON-lines output; clips already in it are skipped")
@@ -283,17 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subtitle-column", help="subtitle column of --subtitle-file (default: first of "
                                              f"{', '.join(SUBTITLE_COLUMNS)})")
     p.add_argument("--retry-errors", action="store_true", help="run clips recorded as errors again")
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding media ahead of the model")
+    p.add_argument("--new-run", action="store_true", help="start a fresh file beside --out (preds-2.jsonl, ...) "
+                                                          "instead of resuming it")
+    p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
     p.set_defaults(func=predict)
 
     p = commands.add_parser("export", help="write a Hub-ready folder (weights, code, processor, model card)")
     p.add_argument("model", metavar="MODEL_OR_TRAIN_OUTPUT", help="model folder (a train.py output folder works)")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--eval-summary", help="MER-UniBench scores JSON (benchmarks.score reports) for the model-index")
+    p.add_argument("--eval-summary", help="MER-UniBench scores for the model-index: benchmarks.run's scores.json or "
+                                          "benchmarks.score reports")
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--license", default="apache-2.0")
     p.add_argument("--datasets", nargs="+", help="training datasets for the card metadata")
     p.add_argument("--base-model", default=BASE_MODEL)
     p.add_argument("--repo-id", help="Hub id shown in the card's usage snippet")
+    p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
     p.set_defaults(func=export)
 
     p = commands.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
@@ -316,7 +236,7 @@ def main(argv=None) -> int:
         transformers.utils.logging.set_verbosity_warning()
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError) as err:  # StoreError is a ValueError
         logger.error("%s", err)
         return 2
 

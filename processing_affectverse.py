@@ -1,15 +1,19 @@
 """AffectVerse processor: AffectGPT-style emotion chats for the Qwen2.5-Omni thinker, with belief placeholders.
 
-Remote code: imports only torch, transformers and its sibling file at module level; decord is imported inside
-the media loaders (a checkpoint folder loads without it). Shapes: T frames, N audio samples, L tokens.
+Remote code: imports only torch, transformers and its sibling files at module level; decord and PyAV are imported
+inside the media loaders of ``media_affectverse`` (a checkpoint folder loads without them). Shapes: T frames, N audio
+samples, L tokens.
 
 One sample is a dict ``{"video", "audio", "subtitle", "question", "answer", "name"}``, every key optional:
 
-- ``video``: a path (decoded with decord at ``fps``, resized to ``frame_size`` x ``frame_size``), a [`VideoClip`], or
-  frames `(T, H, W, 3)` uint8 (numpy or torch) already sampled at the processor's ``fps`` (or at ``sample["fps"]``);
+- ``video``: a path (decoded with decord or PyAV at ``fps``, resized to ``frame_size`` x ``frame_size``), a
+  [`VideoClip`], or frames `(T, H, W, 3)` uint8 (numpy or torch) already sampled at the processor's ``fps`` (or at
+  ``sample["fps"]``);
 - ``audio``: a path, a 16 kHz mono waveform `(N,)`, ``"video"`` for the video file's own track, or None;
 - ``subtitle``: the transcript; ``question``: defaults to the processor's ``question``;
-- ``answer``: the target text (training); without it the prompt ends with the generation prompt.
+- ``answer``: the target text (training); without it the prompt ends with the generation prompt;
+- ``text``, ``system``: the user's text verbatim (instead of subtitle and question) and a system prompt (how
+  [`~AffectVerseProcessor.apply_chat_template`] passes a conversation on).
 
 Chat (paper Appendix A; the official Qwen2.5-Omni chat template renders it), e.g. for audio + video in training::
 
@@ -32,8 +36,11 @@ that flag is one per batch, so every sample of such a batch must have both video
 Length rule (``max_length``, default 1024 tokens): text and answer are never cut. When a sample is too long, its
 video keeps the largest number of frames that fits, a multiple of ``temporal_patch_size`` and at least
 ``temporal_patch_size`` of them, picked uniformly over the clip (its fps, hence ``video_second_per_grid``, scales
-by the kept share); if even that is too long, the audio keeps its longest prefix that fits. A warning is logged.
-If text, answer and the minimal media still exceed ``max_length``, a ValueError names the sample.
+by the kept share); if even that is too long, the audio keeps its longest prefix that fits. Audio is read up to the
+feature extractor's 30 s (what the audio encoder takes). The rule runs on the counts a file's metadata gives before
+anything is decoded, and only the kept frames and audio samples are decoded, so memory is bounded by ``max_length``,
+not by the clip's length. A warning names the sample and says exactly what was kept (frames of how many, seconds of
+audio of how many). If text, answer and the minimal media still exceed ``max_length``, a ValueError names the sample.
 """
 
 from __future__ import annotations
@@ -42,7 +49,6 @@ import json
 import logging
 import math
 import os
-import re
 from typing import NamedTuple
 
 import torch
@@ -50,126 +56,21 @@ from transformers import AddedToken, BatchFeature, Qwen2_5OmniProcessor
 
 try:  # remote code: a package in transformers' module cache
     from .configuration_affectverse import BELIEF_TOKEN, belief_split
+    from .media_affectverse import (MediaError, VideoClip, audio_seconds, load_audio, load_video, probe,
+                                    sample_indices, uniform_subset)
+    from .pipeline_affectverse import TASK as PIPELINE_TASK  # noqa: F401  (so the pipeline file ships with the code)
 except ImportError:  # a clone or an installed wheel: flat top-level modules
     from configuration_affectverse import BELIEF_TOKEN, belief_split
+    from media_affectverse import (MediaError, VideoClip, audio_seconds, load_audio, load_video, probe, sample_indices,
+                                   uniform_subset)
+    from pipeline_affectverse import TASK as PIPELINE_TASK  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = "You are an emotion recognition assistant"
 QUESTION = "Please recognize all possible emotional states of the character."  # AffectGPT's evaluation question
 ANSWER_TEMPLATE = "The character's emotional state is {label}."  # AffectGPT's trained answer form
-AUDIO_SHORTFALL = (0.25, 0.10)  # decoded audio may fall short of the expected length by max(0.25 s, 10 %)
 _MIN_PIXELS = 56 * 56  # smallest frame area the video processor may produce (no upscaling above it)
-
-
-# ----------------------------------------------------------------------------- media loading
-
-
-class MediaError(ValueError):
-    """A media file that cannot be used (missing, empty, unreadable, truncated, no audio track), naming the file."""
-
-    def __init__(self, path, reason: str | None = None):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}" if reason is not None else str(path))
-
-    def __reduce__(self):  # DataLoader workers pickle exceptions
-        return type(self), (self.path, self.reason)
-
-
-class VideoClip(NamedTuple):
-    """Decoded video: ``frames`` `(T, size, size, 3)` uint8, sampling ``fps``, frame ``timestamps`` (s), file
-    ``duration`` (s, before ``keep_ratio``)."""
-
-    frames: object
-    fps: float
-    timestamps: list
-    duration: float
-
-
-def _decord():
-    try:
-        import decord
-    except ImportError as err:  # pragma: no cover - decord is a dependency of the package, not of remote code
-        raise ImportError("AffectVerse media loading needs decord: pip install decord") from err
-    return decord
-
-
-def _reason(err: Exception) -> str:
-    """The informative part of a decord error (without its ``[time] source.cc:line:`` prefixes)."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return re.sub(r"^(\[[\d:]+\] \S+:\d+: )+", "", text)
-
-
-def _check_file(path) -> str:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MediaError(path, "file not found")
-    if os.path.getsize(path) == 0:
-        raise MediaError(path, "empty file (0 bytes)")
-    return path
-
-
-def sample_indices(n_frames: int, src_fps: float, fps: float, keep_ratio: float = 1.0) -> tuple[list[int], float]:
-    """Frame indices at ``fps`` (capped at ``src_fps``) over the first ``keep_ratio`` of ``n_frames``; (indices, fps)."""
-    kept = max(1, math.ceil(n_frames * keep_ratio - 1e-9))
-    rate = min(fps, src_fps)
-    count = max(1, int(kept / src_fps * rate + 1e-6))
-    return [min(kept - 1, int(k * src_fps / rate + 1e-6)) for k in range(count)], rate
-
-
-def load_video(path, fps: float = 3.0, size: int = 224, keep_ratio: float = 1.0) -> VideoClip:
-    """Decode ``path`` with decord: frames at ``fps`` from t = 0 over the first ``keep_ratio`` of the clip, resized to
-    `(size, size)`. Returns a [`VideoClip`] (frames `(T, size, size, 3)` uint8). Raises MediaError."""
-    decord = _decord()
-    path = _check_file(path)
-    try:  # the reader lives only in this call: never share one across DataLoader workers
-        reader = decord.VideoReader(path, width=size, height=size, num_threads=1)
-        n_frames, src_fps = len(reader), float(reader.get_avg_fps())
-        if n_frames == 0 or src_fps <= 0:
-            raise MediaError(path, "no video frames")
-        indices, rate = sample_indices(n_frames, src_fps, fps, keep_ratio)
-        frames = reader.get_batch(indices).asnumpy()  # (T, size, size, 3)
-    except (RuntimeError, decord.DECORDError) as err:
-        raise MediaError(path, f"unreadable, truncated or corrupt video ({_reason(err)})") from None
-    return VideoClip(frames, rate, [i / src_fps for i in indices], n_frames / src_fps)
-
-
-def _wav_duration(path: str) -> float | None:
-    """Duration the header of a PCM wav declares (None when it is not one the ``wave`` module reads)."""
-    import wave
-
-    try:
-        with wave.open(path, "rb") as wav:
-            frames, rate, width = wav.getnframes(), wav.getframerate(), wav.getsampwidth() * wav.getnchannels()
-    except (wave.Error, EOFError, OSError):
-        return None
-    streamed = frames * width >= 0xFFFFFFF0  # a streaming writer's placeholder size, not a length
-    return frames / rate if rate and not streamed else None
-
-
-def load_audio(path_or_video, sr: int = 16000, keep_ratio: float = 1.0, expected_duration: float | None = None):
-    """Decode the audio of a file (a wav, or a video's own track) with decord: mono float32 `(N,)` at ``sr``.
-
-    decord returns partial audio from truncated files without error, so the decoded length is checked against the
-    wav header's declared length or, for other files, ``expected_duration`` (e.g. the video's duration): a shortfall
-    over ``max(0.25 s, 10 %)`` raises. ``keep_ratio`` keeps the first fraction after the check. Raises MediaError.
-    """
-    decord = _decord()
-    path = _check_file(path_or_video)
-    declared = _wav_duration(path) if path.lower().endswith(".wav") else None
-    expected = declared if declared is not None else expected_duration
-    try:
-        reader = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=sr, mono=True)
-        audio = reader[:].asnumpy().reshape(-1)  # (N,)
-    except (RuntimeError, decord.DECORDError) as err:
-        reason = _reason(err)
-        if "audio stream" in reason:
-            raise MediaError(path, "no audio track") from None
-        raise MediaError(path, f"unreadable, truncated or corrupt audio ({reason})") from None
-    seconds = len(audio) / sr
-    if expected and expected - seconds > max(AUDIO_SHORTFALL[0], AUDIO_SHORTFALL[1] * expected):
-        raise MediaError(path, f"truncated audio: {seconds:.2f} s decoded, {expected:.2f} s expected")
-    return audio[: max(1, round(len(audio) * keep_ratio))].astype("float32", copy=False)
 
 
 def answer_from_label(label) -> str:
@@ -216,6 +117,8 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         audio_layout (`str`, defaults to `"separate"`): `"separate"` audio block after the video block, or
             `"interleaved"` audio inside the video block (Qwen's `use_audio_in_video`; homogeneous batches only).
         system_prompt, question: the chat's system prompt and default question (Appendix A; AffectGPT's question).
+        video_backend (`str`, *optional*): `"decord"` or `"av"` (PyAV); unset: `$AFFECTVERSE_VIDEO_BACKEND`, else
+            decord where it imports, else PyAV (see `media_affectverse`).
 
     Example:
 
@@ -230,7 +133,7 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
     def __init__(self, image_processor=None, video_processor=None, feature_extractor=None, tokenizer=None,
                  chat_template=None, num_belief_queries=4, injection="interleaved", belief_construction="ewm",
                  fps=3.0, frame_size=224, max_length=1024, audio_layout="separate", system_prompt=SYSTEM_PROMPT,
-                 question=QUESTION):
+                 question=QUESTION, video_backend=None):
         if injection not in ("interleaved", "single"):
             raise ValueError(f"injection={injection!r}; expected 'interleaved' or 'single'")
         if audio_layout not in ("separate", "interleaved"):
@@ -242,6 +145,7 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
             belief_construction
         self.fps, self.frame_size, self.max_length, self.audio_layout = float(fps), frame_size, max_length, audio_layout
         self.system_prompt, self.question = system_prompt, question
+        self.video_backend = video_backend  # None: decord where it imports, else PyAV (media_affectverse)
         self.belief_token = BELIEF_TOKEN
         self.belief_token_id = self.tokenizer.convert_tokens_to_ids(BELIEF_TOKEN)
 
@@ -249,7 +153,7 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
     def from_model_config(cls, config, base_processor, **kwargs):
         """An AffectVerseProcessor on ``base_processor``'s components (a stock Qwen2.5-Omni or an AffectVerse
         processor) with the belief settings of ``config`` (an AffectVerseConfig); ``kwargs`` override settings."""
-        names = ("fps", "frame_size", "max_length", "audio_layout", "system_prompt", "question")
+        names = ("fps", "frame_size", "max_length", "audio_layout", "system_prompt", "question", "video_backend")
         settings = {k: getattr(base_processor, k) for k in names if hasattr(base_processor, k)}
         settings.update({k: getattr(config, k) for k in ("num_belief_queries", "injection", "belief_construction")})
         settings.update(kwargs)
@@ -267,11 +171,10 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         """Process ``samples`` (a dict or a list of dicts, see the module docstring) or one sample given by keywords
         (``video``, ``audio``, ``subtitle``, ``question``, ``answer``) into a padded batch; see [`prepare`].
 
-        Called with ``text`` (or a string first argument) it is the stock Qwen2.5-Omni call, unchanged.
+        Called with ``text`` (or a string first argument) it is the stock Qwen2.5-Omni call (see [`stock_call`]).
         """
         if text is not None or isinstance(samples, (str, list)) and samples and isinstance(samples[0], str):
-            return super().__call__(text=text if text is not None else samples, images=images, videos=videos,
-                                    audio=audio, **kwargs)
+            return self.stock_call(text if text is not None else samples, images, videos, audio, **kwargs)
         if kwargs.pop("return_tensors", "pt") not in ("pt", None):
             raise ValueError("AffectVerseProcessor returns PyTorch tensors only")
         if kwargs:
@@ -279,6 +182,117 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         if samples is None:
             samples = {"video": video, "audio": audio, "subtitle": subtitle, "question": question, "answer": answer}
         return self.prepare(samples, training=training, padding_side=padding_side, keep_ratio=keep_ratio)
+
+    def stock_call(self, text, images=None, videos=None, audio=None, **kwargs) -> BatchFeature:
+        """The stock ``Qwen2_5OmniProcessor(text=..., videos=..., audio=...)`` call, with AffectVerse's additions.
+
+        ``text`` is chat text with the template's media placeholders (``<|vision_bos|><|VIDEO|><|vision_eos|>``,
+        ``<|audio_bos|><|AUDIO|><|audio_eos|>``), e.g. from ``apply_chat_template(..., tokenize=False)``. Video and
+        audio paths are decoded with AffectVerse's own loaders (no torchcodec) at ``fps`` and ``frame_size``; frames
+        are taken as sampled at ``fps``. Belief placeholders are inserted where the paper puts them (the module
+        docstring) in every text that has media and none yet. Raises ValueError when media are given without their
+        placeholders in the text (the stock processor would drop them silently) or a text with media has no
+        ``<|im_start|>assistant\\n`` to put the second belief group after. No length rule here: use samples or
+        [`apply_chat_template`] for it.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        videos = None if videos is None else [videos] if not isinstance(videos, (list, tuple)) else list(videos)
+        audio = None if audio is None else [audio] if not isinstance(audio, (list, tuple)) or audio and \
+            isinstance(audio[0], (int, float)) else list(audio)
+        if kwargs.pop("use_audio_in_video", False) or kwargs.get("load_audio_from_video"):
+            raise ValueError("load_audio_from_video / use_audio_in_video: pass the video's audio as a sample "
+                             "(processor({'video': path, 'audio': 'video', ...})) or through apply_chat_template")
+        for kind, items, token in (("videos", videos, self.video_token), ("audio", audio, self.audio_token)):
+            found = sum(t.count(token) for t in texts)
+            if items is not None and found != len(items):
+                raise ValueError(f"{len(items)} {kind} given but the text has {found} {token} placeholders: the "
+                                 f"stock processor would silently drop them. Put {token} in the chat text (e.g. via "
+                                 f"processor.apply_chat_template(conversation)), or pass samples")
+        if images is not None:
+            raise ValueError("AffectVerse takes video, audio and text; images are not supported")
+        sr = self.feature_extractor.sampling_rate
+        if videos is not None:
+            videos = [load_video(v, self.fps, self.frame_size, backend=self.video_backend).frames
+                      if isinstance(v, (str, os.PathLike)) else v for v in videos]
+            kwargs["videos_kwargs"] = {**self._videos_kwargs(self.fps), **kwargs.get("videos_kwargs", {})}
+        if audio is not None:
+            audio = [load_audio(a, sr) if isinstance(a, (str, os.PathLike)) else a for a in audio]
+        texts = [self._insert_beliefs(t) for t in texts]
+        return super().__call__(text=texts, videos=videos, audio=audio, **kwargs)
+
+    def _insert_beliefs(self, text: str) -> str:
+        """``text`` with the two belief groups after its last media block and after the assistant prompt."""
+        has_video = self.video_token in text
+        has_audio = self.audio_token in text
+        if not (has_video or has_audio) or self.belief_token in text:
+            return text
+        n_first, n_second = belief_split(int(has_video) + int(has_audio), self.num_belief_queries, self.injection,
+                                         self.belief_construction)
+        marker = "<|im_start|>assistant\n"
+        end = max(text.rfind(t) + len(t) for t in ("<|vision_eos|>", "<|audio_eos|>") if t in text)
+        reply = text.rfind(marker)
+        if reply < end:
+            raise ValueError(f"a text with media must end its user turn with the generation prompt {marker!r} (the "
+                             f"second belief group goes right after it): {text[:80]!r}...")
+        reply += len(marker)
+        return (text[:end] + self.belief_token * n_first + text[end:reply] + self.belief_token * n_second
+                + text[reply:])
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """The stock ``apply_chat_template``; with ``tokenize=True`` a Qwen2.5-Omni conversation becomes an
+        AffectVerse batch (media decoded with AffectVerse's loaders, the length rule, belief placeholders).
+
+        A conversation: an optional system message, one user message whose content holds at most one
+        ``{"type": "video", "video": path or frames}``, one ``{"type": "audio", "audio": path or waveform}`` and
+        text items, and optionally an assistant message (then a training sample, with ``labels``). The media blocks
+        come first and the text follows, as in AffectVerse's chat (module docstring).
+        ``load_audio_from_video=True`` (or ``use_audio_in_video``) takes the audio from the video file. A list of
+        conversations makes a batch. Returns the [`BatchFeature`] of [`prepare`] (with ``return_dict=True``) or
+        its ``input_ids``.
+        """
+        if not kwargs.get("tokenize") or chat_template is not None:
+            return super().apply_chat_template(conversation, chat_template, **kwargs)
+        from_video = bool(kwargs.pop("load_audio_from_video", False) or kwargs.pop("use_audio_in_video", False))
+        if kwargs.get("continue_final_message") or kwargs.get("tools") or kwargs.get("documents"):
+            raise ValueError("AffectVerse conversations take no continue_final_message, tools or documents")
+        conversations = conversation if conversation and isinstance(conversation[0], (list, tuple)) else [conversation]
+        samples = [self.sample_from_conversation(c, from_video, f"conversation {i}")
+                   for i, c in enumerate(conversations)]
+        batch = self.prepare(samples, padding_side=kwargs.get("padding_side"))
+        return batch if kwargs.get("return_dict") else batch["input_ids"]
+
+    @staticmethod
+    def sample_from_conversation(conversation, audio_from_video: bool = False, name: str = "conversation") -> dict:
+        """The sample (module docstring) of a Qwen2.5-Omni conversation; see [`apply_chat_template`]."""
+        sample, texts, roles = {"name": name}, [], [m.get("role") for m in conversation]
+        if roles.count("user") != 1 or any(r not in ("system", "user", "assistant") for r in roles) or \
+                "assistant" in roles and roles.index("assistant") < roles.index("user") or roles.count("assistant") > 1:
+            raise ValueError(f"{name}: AffectVerse takes one exchange (optional system, one user turn, optional "
+                             f"assistant answer); got roles {roles}")
+        for message in conversation:
+            content = message["content"]
+            items = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            if message["role"] != "user":
+                key = "system" if message["role"] == "system" else "answer"
+                sample[key] = "".join(i.get("text", "") for i in items if i.get("type") == "text")
+                continue
+            for item in items:
+                kind = item.get("type")
+                if kind in ("video", "audio"):
+                    value = next((item[k] for k in (kind, "path", "url") if item.get(k) is not None), None)
+                    if value is None or kind in sample:
+                        raise ValueError(f"{name}: each {kind} item needs a {kind!r} (path or array), at most one")
+                    sample[kind] = value
+                elif kind == "text":
+                    texts.append(item["text"])
+                else:
+                    raise ValueError(f"{name}: content type {kind!r}; AffectVerse takes video, audio and text")
+        if audio_from_video and "video" in sample:
+            if "audio" in sample:
+                raise ValueError(f"{name}: load_audio_from_video with an audio item as well")
+            sample["audio"] = "video"
+        sample["text"] = "".join(texts)
+        return sample
 
     def prepare(self, samples, training: bool | None = None, padding_side: str | None = None,
                 keep_ratio: float = 1.0) -> BatchFeature:
@@ -309,22 +323,40 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         return self.collate(encoded, padding_side or ("right" if training else "left"))
 
     def encode(self, sample: dict, training: bool = False, keep_ratio: float = 1.0, index: int = 0) -> _Encoded:
-        """One sample: load its media, fit it to ``max_length``, render the chat and run the stock processor."""
-        video = sample.get("video")
-        name = str(sample.get("name") or (video if isinstance(video, (str, os.PathLike)) and video else
-                                          f"sample {index}"))
-        frames, fps, duration, video_path = self._load_video(video, keep_ratio, sample.get("fps") or self.fps)
-        audio = self._load_audio(sample.get("audio"), video_path, duration, keep_ratio)
+        """One sample: plan its media to ``max_length``, decode only what is kept, render the chat, run the stock
+        processor."""
+        video, audio = sample.get("video"), sample.get("audio")
+        video = None if isinstance(video, str) and not video else video
+        audio = None if isinstance(audio, str) and not audio else audio
+        name = str(sample.get("name") or (video if isinstance(video, (str, os.PathLike)) else f"sample {index}"))
         answer_ids = []
         if training:
             if not sample.get("answer"):
                 raise ValueError(f"{name}: training sample without an answer")
             answer_ids = self.tokenizer(sample["answer"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        interleaved = self.audio_layout == "interleaved" and frames is not None and audio is not None
-        prompt = self.render(frames is not None, audio is not None, sample.get("subtitle") or "",
-                             sample.get("question") or self.question, interleaved)
-        frames, fps, audio, expected = self._fit(name, prompt, frames, fps, audio, interleaved, len(answer_ids))
-        ids, media = self._stock(prompt, frames, fps, audio, interleaved)
+        interleaved = self.audio_layout == "interleaved" and video is not None and audio is not None
+        prompt = self.render(video is not None, audio is not None, sample.get("subtitle") or "",
+                             sample.get("question") or self.question, interleaved, text=sample.get("text"),
+                             system_prompt=sample.get("system"))
+        n_text = self._text_tokens(prompt, interleaved)
+        # 1. what the clip holds, from its metadata (nothing decoded yet), and what the length rule keeps of it
+        source = self._video_source(video, keep_ratio, sample.get("fps") or self.fps)
+        sr = self.feature_extractor.sampling_rate
+        n_audio = self._audio_samples(audio, source, keep_ratio, sr)
+        plan = self._plan(name, n_text, len(answer_ids), source and source[1:], n_audio)
+        # 2. decode (or slice) only that, then the rule once more on what was actually decoded
+        frames, fps = self._take_video(source, plan[0], keep_ratio)
+        wave_ = self._take_audio(audio, source, keep_ratio, plan[2])
+        frames_shape = None if frames is None else (frames.shape[0], frames.shape[1], frames.shape[2], fps)
+        keep_t, fps, keep_a = self._plan(name, n_text, len(answer_ids), frames_shape,
+                                         None if wave_ is None else len(wave_))
+        if frames is not None and keep_t < frames.shape[0]:
+            frames = frames[uniform_subset(frames.shape[0], keep_t)]
+        cut_audio = wave_ is not None and (plan[2] < n_audio or keep_a < len(wave_))
+        wave_ = None if wave_ is None else wave_[:keep_a]
+        self._report(name, source, n_audio if cut_audio else None, frames, fps, wave_, n_text + len(answer_ids))
+        expected = n_text + sum(self._media_tokens(frames, fps, wave_))
+        ids, media = self._stock(prompt, frames, fps, wave_, interleaved)
         if len(ids) != expected:  # the length rule relies on this count
             raise RuntimeError(f"{name}: expected {expected} prompt tokens, the stock processor gave {len(ids)}")
         labels = None
@@ -333,19 +365,21 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         return _Encoded(name, ids, labels, media, interleaved)
 
     def render(self, has_video: bool, has_audio: bool, subtitle: str = "", question: str | None = None,
-               interleaved: bool = False) -> str:
-        """The prompt text (placeholders not expanded) up to and including the second belief group."""
+               interleaved: bool = False, text: str | None = None, system_prompt: str | None = None) -> str:
+        """The prompt text (placeholders not expanded) up to and including the second belief group. ``text``: the
+        user's text verbatim (instead of the subtitle and question); ``system_prompt``: instead of the default."""
         n_first, n_second = belief_split(int(has_video) + int(has_audio), self.num_belief_queries, self.injection,
                                          self.belief_construction)
-        text = f"Subtitle: {subtitle.strip()}\n{question or self.question}" if subtitle.strip() else \
-            (question or self.question)
+        if text is None:
+            text = f"Subtitle: {subtitle.strip()}\n{question or self.question}" if subtitle.strip() else \
+                (question or self.question)
         content = [{"type": "video"}] if has_video else []
         content += [{"type": "audio"}] if has_audio and not interleaved else []
         # The first group opens the text item, which the template puts right after the last media block.
         content.append({"type": "text", "text": self.belief_token * n_first + text})
-        messages = [{"role": "system", "content": [{"type": "text", "text": self.system_prompt}]},
+        messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt or self.system_prompt}]},
                     {"role": "user", "content": content}]
-        prompt = self.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt = super().apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return prompt + self.belief_token * n_second
 
     def collate(self, encoded: list, padding_side: str = "right") -> BatchFeature:
@@ -374,30 +408,63 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         return BatchFeature(batch)
 
     # -- internals -------------------------------------------------------------------------------------------------
-    def _load_video(self, video, keep_ratio, fps):
-        """(frames `(T, H, W, 3)` or None, fps, file duration (s) or None, file path or None) of a sample's video."""
-        if video is None or isinstance(video, str) and not video:
-            return None, fps, None, None
-        if isinstance(video, (str, os.PathLike)):
-            clip = load_video(video, self.fps, self.frame_size, keep_ratio)
-            return clip.frames, clip.fps, clip.duration, os.fspath(video)
-        if isinstance(video, VideoClip):
-            return video.frames, video.fps, video.duration, None
-        return video[: max(1, math.ceil(len(video) * keep_ratio - 1e-9))], fps, None, None  # frames at ``fps``
+    def _video_source(self, video, keep_ratio, fps):
+        """What a sample's video holds before decoding: (kind, T, h, w, fps, payload) or None.
 
-    def _load_audio(self, audio, video_path, video_duration, keep_ratio):
-        """Mono float32 `(N,)` at the feature extractor's rate, or None."""
-        sr = self.feature_extractor.sampling_rate
-        if audio is None or isinstance(audio, str) and not audio:
+        kind ``"file"`` (payload: (path, [`MediaInfo`]); T frames at ``self.fps`` over the first ``keep_ratio``),
+        ``"clip"`` (a [`VideoClip`]) or ``"frames"`` (an array `(T, H, W, 3)` at ``fps``).
+        """
+        if video is None:
+            return None
+        if isinstance(video, (str, os.PathLike)):
+            info = probe(video, self.video_backend)
+            t = len(sample_indices(info.n_frames, info.fps, self.fps, keep_ratio)[0])
+            return "file", t, self.frame_size, self.frame_size, min(self.fps, info.fps), (os.fspath(video), info)
+        if isinstance(video, VideoClip):
+            return "clip", video.frames.shape[0], video.frames.shape[1], video.frames.shape[2], video.fps, video
+        t = max(1, math.ceil(len(video) * keep_ratio - 1e-9))
+        return "frames", t, video.shape[1], video.shape[2], fps, video
+
+    def _take_video(self, source, keep, keep_ratio):
+        """(frames `(keep, H, W, 3)`, fps) of a source: only the kept frames are decoded."""
+        if source is None:
+            return None, None
+        kind, t, _, _, fps, payload = source
+        if kind == "file":
+            clip = load_video(payload[0], self.fps, self.frame_size, keep_ratio, max_frames=keep,
+                              backend=self.video_backend, info=payload[1])
+            return clip.frames, clip.fps
+        frames = payload.frames if kind == "clip" else payload[:t]
+        return frames[uniform_subset(t, keep)], fps * keep / t
+
+    def _audio_samples(self, audio, source, keep_ratio, sr):
+        """Samples a sample's audio holds (after ``keep_ratio``) before decoding, or None without audio."""
+        if audio is None:
             return None
         if isinstance(audio, str) and audio == "video":
-            if video_path is None:
+            if source is None or source[0] != "file":
                 raise ValueError("audio='video' needs the video as a file path")
-            return load_audio(video_path, sr, keep_ratio, expected_duration=video_duration)
+            seconds = source[5][1].duration  # the video's own track is read over the video's duration
+        elif isinstance(audio, (str, os.PathLike)):
+            seconds = audio_seconds(audio)
+        else:
+            return max(1, round(len(audio) * keep_ratio))
+        if seconds is None:  # unknown length: decode at most what the audio encoder reads
+            return self.feature_extractor.n_samples
+        return max(1, round(seconds * keep_ratio * sr))
+
+    def _take_audio(self, audio, source, keep_ratio, keep):
+        """Mono float32 `(N,)` at the feature extractor's rate, at most ``keep`` samples decoded, or None."""
+        sr = self.feature_extractor.sampling_rate
+        if audio is None:
+            return None
+        if isinstance(audio, str) and audio == "video":
+            path, info = source[5]
+            return load_audio(path, sr, keep_ratio, expected_duration=info.duration, max_samples=keep)
         if isinstance(audio, (str, os.PathLike)):
-            return load_audio(audio, sr, keep_ratio)
+            return load_audio(audio, sr, keep_ratio, max_samples=keep)
         wave_ = torch.as_tensor(audio, dtype=torch.float32).flatten()
-        return wave_[: max(1, round(len(wave_) * keep_ratio))].numpy()
+        return wave_[: min(keep, max(1, round(len(wave_) * keep_ratio)))].numpy()
 
     def _videos_kwargs(self, fps):
         """The stock video processor's arguments: pre-sampled frames at ``fps``, ``frame_size``^2 never upscaled."""
@@ -406,49 +473,69 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
                 "size": {"shortest_edge": min(_MIN_PIXELS, area), "longest_edge": area}}
 
     def _media_tokens(self, frames, fps, audio):
-        """Placeholder tokens the stock processor will expand for these media: (video, audio)."""
+        """Placeholder tokens the stock processor will expand for these media (arrays or counts): (video, audio).
+        ``frames``: an array `(T, H, W, 3)` or a shape (T, H, W[, fps]); ``audio``: a waveform or a sample count."""
         video = 0
         if frames is not None:
-            t, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
+            t, h, w = frames.shape[:3] if hasattr(frames, "shape") else frames[:3]
             video = self.video_processor.get_num_of_video_patches(t, h, w, self._videos_kwargs(fps)) \
                 // self.video_processor.merge_size**2
-        return video, 0 if audio is None else int(self._get_num_audio_tokens(len(audio)))
+        n = audio if isinstance(audio, int) or audio is None else len(audio)
+        return video, 0 if n is None else int(self._get_num_audio_tokens(n))
 
-    def _fit(self, name, prompt, frames, fps, audio, interleaved, n_answer):
-        """Apply the length rule (module docstring). Returns (frames, fps, audio, prompt tokens after expansion)."""
+    def _text_tokens(self, prompt, interleaved):
+        """Tokens of ``prompt`` other than the media placeholders the stock processor expands."""
         n_text = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         n_text -= prompt.count(self.video_token) + prompt.count(self.audio_token)  # each placeholder is one token
-        n_text += 2 * interleaved  # the interleaved block adds <|audio_bos|> and <|audio_eos|> inside the video block
-        n_video, n_audio = self._media_tokens(frames, fps, audio)
-        total, budget = n_text + n_video + n_audio, self.max_length - n_answer
-        if total <= budget:
-            return frames, fps, audio, total
-        if frames is not None:
+        return n_text + 2 * interleaved  # the interleaved block adds <|audio_bos|> and <|audio_eos|> in the video
+
+    def _plan(self, name, n_text, n_answer, video, n_audio):
+        """The length rule (module docstring) on counts: ``video`` (T, H, W, fps) or None, ``n_audio`` samples or
+        None. Returns (frames kept, their fps, audio samples kept); audio is capped at the feature extractor's
+        ``n_samples`` (30 s: what the audio encoder reads). Raises ValueError when even the smallest media do not fit.
+        """
+        t, fps = (video[0], video[3]) if video else (None, None)
+        audio = None if n_audio is None else min(n_audio, self.feature_extractor.n_samples)
+        n_video, n_tokens = self._media_tokens(video, fps, audio)
+        budget = self.max_length - n_answer
+        if n_text + n_video + n_tokens <= budget:
+            return t, fps, audio
+        if video:
             tps = self.video_processor.temporal_patch_size
-            per_grid = n_video // math.ceil(frames.shape[0] / tps)
-            keep = min(frames.shape[0], max(1, (budget - n_text - n_audio) // per_grid) * tps)
-            index = [(2 * k + 1) * frames.shape[0] // (2 * keep) for k in range(keep)]  # uniform over the clip
-            fps, frames = fps * keep / frames.shape[0], frames[index]
-            n_video = self._media_tokens(frames, fps, None)[0]
-        if audio is not None and n_text + n_video + n_audio > budget:
+            per_grid = n_video // math.ceil(t / tps)
+            keep = min(t, max(1, (budget - n_text - n_tokens) // per_grid) * tps)
+            t, fps = keep, fps * keep / t
+            n_video = self._media_tokens((t, video[1], video[2]), fps, None)[0]
+        if audio is not None and n_text + n_video + n_tokens > budget:
             audio = self._trim_audio(audio, budget - n_text - n_video)  # None: not even one audio token fits
-            n_audio = budget + 1 if audio is None else self._media_tokens(None, fps, audio)[1]
-        if n_text + n_video + n_audio > budget:
+            n_tokens = budget + 1 if audio is None else self._media_tokens(None, fps, audio)[1]
+        if n_text + n_video + n_tokens > budget:
             raise ValueError(f"{name}: the text ({n_text} tokens) and answer ({n_answer}) with the smallest media "
                              f"({n_video} video tokens + at least 1 audio token if any) exceed "
                              f"max_length={self.max_length}")
-        logger.warning("%s: %d tokens exceed max_length=%d; kept %s frames (%.2f fps) and %s audio samples", name,
-                       total + n_answer, self.max_length, None if frames is None else frames.shape[0], fps,
-                       None if audio is None else len(audio))
-        return frames, fps, audio, n_text + n_video + n_audio
+        return t, fps, audio
 
-    def _trim_audio(self, audio, budget):
-        """The longest prefix of ``audio`` (whole mel hops) with 1 to ``budget`` tokens, or None when none fits."""
+    def _trim_audio(self, n, budget):
+        """The longest prefix of ``n`` samples (whole mel hops) with 1 to ``budget`` tokens, or None when none fits."""
         hop = self.feature_extractor.hop_length
-        n = min(len(audio), hop * self.feature_extractor.nb_max_frames, hop * (4 * budget + 4))
+        n = min(n, hop * self.feature_extractor.nb_max_frames, hop * (4 * budget + 4))
         while n > 0 and self._get_num_audio_tokens(n) > budget:  # about 4 mel frames per token
             n -= hop
-        return audio[:n] if n > 0 and self._get_num_audio_tokens(n) >= 1 else None
+        return n if n > 0 and self._get_num_audio_tokens(n) >= 1 else None
+
+    def _report(self, name, source, n_audio, frames, fps, audio, n_other):
+        """Log exactly what was kept when the length rule or the 30 s audio cap dropped part of a sample
+        (``n_audio``: the samples the audio had, None when all of it was kept)."""
+        sr = self.feature_extractor.sampling_rate
+        if not (source is not None and frames.shape[0] < source[1] or n_audio is not None):
+            return
+        parts = [] if source is None else [f"{frames.shape[0]} of {source[1]} frames ({fps:.3g} fps)"]
+        if n_audio is not None:
+            parts.append(f"the first {len(audio) / sr:.2f} s of {n_audio / sr:.2f} s of audio")
+        why = f"max_length={self.max_length} ({n_other} text and answer tokens)"
+        if n_audio is not None and n_audio > self.feature_extractor.n_samples:
+            why += f"; audio is read up to the feature extractor's {self.feature_extractor.chunk_length} s"
+        logger.warning("%s: kept %s to fit %s", name, " and ".join(parts), why)
 
     def _stock(self, prompt, frames, fps, audio, interleaved):
         """Expand the media placeholders with the stock processor; (input ids, media tensors) of one sample."""
@@ -487,7 +574,8 @@ def _stack_media(media: list) -> dict:
 class AffectVerseCollator:
     """``data_collator`` for Trainer and ``collate_fn`` for DataLoaders: rows in, one [`AffectVerseProcessor`] batch out.
 
-    Rows are dicts as ``benchmarks.data`` readers produce (``name``, ``video``, ``audio``, ``subtitle``, ``label``)
+    Rows are dicts as ``benchmarks.data`` readers produce (``name``, ``video``, ``audio``, ``subtitle``, and the label
+    in ``emotion`` / ``valence`` / ``labels``, or JSON in ``label``)
     or samples with an ``answer``. ``audio == ""`` (or no ``audio`` key) means the video's own track, None no audio.
     In training the answer comes from the label (``answer_from_label``). Media are loaded here, i.e. inside the
     DataLoader worker. ``on_error="skip"`` drops samples whose media are bad (or that cannot fit ``max_length``),
@@ -511,7 +599,8 @@ class AffectVerseCollator:
         sample = {"name": row.get("name"), "video": video, "audio": audio, "subtitle": row.get("subtitle") or "",
                   "question": row.get("question")}
         if self.training:
-            sample["answer"] = row.get("answer") or answer_from_label(row["label"])
+            typed = [row[c] for c in ("emotion", "valence", "labels") if row.get(c) is not None]  # benchmarks.data
+            sample["answer"] = row.get("answer") or answer_from_label(typed[0] if typed else row["label"])
         return sample
 
     def __call__(self, rows: list) -> BatchFeature:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fnmatch
+import hashlib
 import json
 import logging
 import shutil
@@ -51,8 +52,15 @@ from transformers import (AutoConfig, HfArgumentParser, PreTrainedConfig, Traine
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 
 from benchmarks import hub, preflight
+from benchmarks.clips import generate_clips
+from benchmarks.data import load_benchmark, load_manifest, merge_benchmarks
+from benchmarks.engine import MODALITIES, Engine, Setting
+from benchmarks.score import BENCHMARKS as SCORED
+from benchmarks.scoring import extract_labels, map_to_label_set
+from benchmarks.tiny import tiny_config, tiny_processor
 from configuration_affectverse import AffectVerseConfig, list_presets, preset_fields
 from modeling_affectverse import AffectVerseForConditionalGeneration
+from processing_affectverse import AffectVerseCollator, AffectVerseProcessor
 
 logger = logging.getLogger("train")
 
@@ -404,8 +412,6 @@ def check_output_dir(training_args, record: dict) -> str | None:
 # ----------------------------------------------------------------------------------------------------------- data
 def closed_label_set(benchmark: str, data_args, train_labels: set[str]) -> tuple[str, ...]:
     """The label set emotion-word samples of ``benchmark`` must use."""
-    from benchmarks.score import BENCHMARKS as SCORED
-
     if data_args.label_set:
         return tuple(s.strip().lower() for s in data_args.label_set.split(",") if s.strip())
     if benchmark in SCORED and SCORED[benchmark].label_set:
@@ -415,15 +421,12 @@ def closed_label_set(benchmark: str, data_args, train_labels: set[str]) -> tuple
 
 def check_labels(train, evaluation, data_args) -> dict[str, tuple[str, ...]]:
     """Every emotion-word label must be in its benchmark's closed set; returns {benchmark: label set}."""
-    from benchmarks.data import decode_label
-    from benchmarks.scoring import map_to_label_set
-
     seen = {}  # benchmark -> [(split, label, name)]
     for split, ds in (("train", train), ("eval", evaluation)):
-        columns = (ds[c] for c in ("benchmark", "task", "label", "name")) if ds is not None else ((),)
+        columns = (ds[c] for c in ("benchmark", "task", "emotion", "name")) if ds is not None else ((),)
         for bench, task, label, name in zip(*columns):
             if task == "emotion":
-                seen.setdefault(bench, []).append((split, str(decode_label(label)).lower().strip(), name))
+                seen.setdefault(bench, []).append((split, str(label).lower().strip(), name))
     sets, problems = {}, []
     for bench, items in seen.items():
         label_set = closed_label_set(bench, data_args, {label for split, label, _ in items if split == "train"})
@@ -442,8 +445,6 @@ def check_labels(train, evaluation, data_args) -> dict[str, tuple[str, ...]]:
 
 def load_split(data_args, split: str):
     """The merged dataset of all sources for ``split``; a clear error when a source gives nothing."""
-    from benchmarks.data import load_benchmark, load_manifest, merge_benchmarks
-
     parts, skipped = [], []
     for path in filter(None, (p.strip() for p in data_args.manifest.split(","))):
         ds = load_manifest(path, split=split)  # media: the pre-flight check (screen_data) probes every file
@@ -475,8 +476,6 @@ def load_data(data_args):
     """(train, eval or None, label sets); all data errors surface here, before any model is loaded."""
     manifest = data_args.manifest.split(",")[0].strip()
     if data_args.generate_clips > 0 and manifest and not Path(manifest).exists():
-        from benchmarks.clips import generate_clips
-
         logger.info("generating %d synthetic clips into %s", data_args.generate_clips, Path(manifest).parent)
         generate_clips(Path(manifest).parent, n_clips=data_args.generate_clips, seed=0)
     train = load_split(data_args, data_args.train_split)
@@ -535,8 +534,6 @@ def load_config(model_args):
     """The AffectVerseConfig of the run (EWM overrides applied), without loading any weights."""
     overrides = config_overrides(model_args)
     if model_args.model_name_or_path is None:
-        from benchmarks.tiny import tiny_config
-
         return tiny_config(**overrides)
     path = model_args.model_name_or_path
     if model_args.trust_remote_code:
@@ -547,12 +544,8 @@ def load_config(model_args):
 def load_processor(model_args, data_args, config):
     """The run's AffectVerseProcessor (belief settings from ``config``, ``max_length`` from the data arguments);
     a folder lacking processor or tokenizer files is named with what is missing."""
-    from processing_affectverse import AffectVerseProcessor
-
     path = model_args.model_name_or_path
     if path is None:
-        from benchmarks.tiny import tiny_processor
-
         base = tiny_processor()
     else:
         register_local_classes()
@@ -761,30 +754,24 @@ class LogAtCheckpoints(TrainerCallback):
 @torch.no_grad()
 def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, max_new_tokens: int,
                         batch_size: int = 4) -> dict | None:
-    """Greedy answers for the first ``n_samples`` held-out emotion samples, mapped onto their closed label set."""
-    from processing_affectverse import AffectVerseCollator
+    """Greedy answers for the first ``n_samples`` held-out emotion samples, mapped onto their closed label set.
 
-    from benchmarks.data import decode_label
-    from benchmarks.run import to_device
-    from benchmarks.scoring import extract_labels, map_to_label_set
-
+    Runs on ``benchmarks.engine.Engine`` (media decoded in this process; a clip that fails counts as wrong)."""
     rows = [r for r in dataset if r["task"] == "emotion" and r["benchmark"] in label_sets][:n_samples]
     if not rows:
         return None
-    collate = AffectVerseCollator(processor, training=False)
     model.eval()
+    engine = Engine(model, processor, max_new_tokens, batch_size, num_workers=0)
     correct, examples = 0, []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        batch = to_device(collate(chunk), model)
-        tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        answers = processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for row, answer in zip(chunk, answers):
+    for _, chunk, results in engine.run(engine.batches([(Setting(MODALITIES["avt"]), row) for row in rows])):
+        for row, result in zip(chunk, results):
             label_set = label_sets[row["benchmark"]]
-            truth = map_to_label_set([str(decode_label(row["label"])).lower()], label_set)
-            guess = map_to_label_set(extract_labels(answer), label_set)
-            correct += guess == truth
-            examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess})
+            truth = map_to_label_set([row["emotion"].lower()], label_set)
+            answer = result.get("answer", "")
+            guess = map_to_label_set(extract_labels(answer), label_set) if result["status"] == "ok" else None
+            correct += result["status"] == "ok" and guess == truth
+            examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess,
+                             **({"error": result["reason"]} if result["status"] == "error" else {})})
     sets = {tuple(label_sets[r["benchmark"]]) for r in rows}
     label_set = list(sets.pop()) if len(sets) == 1 else None  # for the chance level, when there is one set
     return {"accuracy": correct / len(rows), "n": len(rows), "label_set": label_set, "examples": examples[:8]}
@@ -794,6 +781,12 @@ def export(trainer, processor, model_args, data_args, out: Path, record: dict | 
            facts: dict | None = None):
     """Write the adapter + EWM weights to out/adapter, and the merged model, processor and model card to out.
 
+    ``adapter/adapter_config.json`` records the base: ``base_model_name_or_path`` is ``--model_name_or_path``
+    (absolute when it is a local folder, so ``AutoPeftModelForCausalLM.from_pretrained(out / "adapter",
+    trust_remote_code=True)`` loads base + adapter), or, for the tiny preset, a description of the random base (it is
+    not saved: rebuild it from the seed), and ``task_type`` CAUSAL_LM. The merged ``config.json`` records the
+    adapter it folded in (``merged_adapter``: its sha256), so a loader can refuse to apply it a second time, and the
+    pipelines (``custom_pipelines``; the processor's code files include ``pipeline_affectverse.py``).
     Returns the merged model on the main process (None elsewhere). Merging folds LoRA into the trainer's model in
     place: call it after training. ``record`` (run_args.json) and ``facts`` (:func:`card_facts`) go into the card.
     """
@@ -802,12 +795,22 @@ def export(trainer, processor, model_args, data_args, out: Path, record: dict | 
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return None
+    adapter_config = out / "adapter" / "adapter_config.json"
+    adapter = json.loads(adapter_config.read_text())
+    base = model_args.model_name_or_path
+    adapter["base_model_name_or_path"] = str(Path(base).resolve()) if base and Path(base).is_dir() else base or (
+        f"affectverse-tiny-random: not saved; AffectVerseForConditionalGeneration(benchmarks.tiny.tiny_config("
+        f"{model_args.ewm_overrides or ''})) built after transformers.set_seed({trainer.args.seed})")
+    adapter["task_type"] = "CAUSAL_LM"
+    adapter_config.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
     if trainer.is_fsdp_enabled:  # parameters are sharded: rebuild from the saved adapter on the CPU
         base, _ = load_model(model_args, data_args, trainer.args)
         model = PeftModel.from_pretrained(base, str(out / "adapter"))
     else:
         model = trainer.accelerator.unwrap_model(trainer.model)
     merged = model.merge_and_unload()
+    merged.config.merged_adapter = {"sha256": hashlib.sha256((out / "adapter" / "adapter_model.safetensors")
+                                                             .read_bytes()).hexdigest(), "folder": "adapter"}
     with explain_disk_full(out, "exporting the merged model to"):
         # the classes register for auto classes: code files and auto_map come along; README.md is the model card
         hub.export_for_hub(merged, processor, out, training_args=record, base_model=card_base_model(model_args),
@@ -891,8 +894,6 @@ def main(argv=None):
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
     # 3. Train.
-    from processing_affectverse import AffectVerseCollator
-
     collator = AffectVerseCollator(processor, training=True,
                                    on_error="skip" if data_args.skip_bad_samples else "raise")
     trainer = AffectVerseTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,

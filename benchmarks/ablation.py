@@ -113,15 +113,15 @@ def imagine_row(model: Path, manifest: Path, folder: Path, args):
     """Held-out imagination quality at a fixed kappa on every test clip (rows whose beliefs come from imagination)."""
     import torch
 
-    from benchmarks import run
     from benchmarks.data import load_manifest
+    from benchmarks.engine import load_model
     from benchmarks.report import imagination_quality
     from configuration_affectverse import AffectVerseConfig
 
     path = folder / IMAGINATION
     if path.is_file() or not AffectVerseConfig.from_pretrained(model).uses_imagination:
         return
-    net, processor = run.load_model(str(model), "cpu", torch.float32)
+    net, processor = load_model(str(model), "cpu", torch.float32)
     rows = list(load_manifest(manifest, split="test"))
     result = imagination_quality(net, processor, rows, keep_ratio=args.imagination_keep_ratio)
     path.write_text(json.dumps(result, indent=2))

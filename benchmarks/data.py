@@ -1,6 +1,6 @@
 """Dataset readers: the nine MER-UniBench benchmarks, MELD's and MMSA's original releases, and manifests.
 
-Every reader returns a :class:`datasets.Dataset` with the string columns of :data:`FEATURES`:
+Every reader returns a :class:`datasets.Dataset` with the columns of :data:`FEATURES`:
 
 - ``name``: sample id (``sample_00002721``, ``test_dia12_utt3``, ``Ses05F_script03_1_F033``, ...);
 - ``benchmark``: ``mer2023``, ``mer2024``, ``meld``, ``iemocap``, ``mosi``, ``mosei``, ``sims``, ``simsv2``,
@@ -9,9 +9,10 @@ Every reader returns a :class:`datasets.Dataset` with the string columns of :dat
 - ``video``, ``audio``: absolute paths (not opened here). ``audio`` is ``""`` when the sample's audio is
   the video's own track (MELD and MMSA originals, manifests without a wav);
 - ``subtitle``: the transcript, ``""`` where the subtitle file has an empty cell or no row;
-- ``label``: the label as a JSON string, so that all benchmarks share one column type and merge.
-  :func:`decode_label` turns it back into the emotion word (``str``, emotion sets), the valence
-  (``float``, sentiment sets) or the list of words (``list[str]``, OV-MERD+).
+- the label, typed, in the one of three columns that applies (the other two are None, so every benchmark
+  shares one schema and merges): ``emotion`` (``str``, emotion sets), ``valence`` (``float``, sentiment sets),
+  ``labels`` (``list[str]``, OV-MERD+ and open-set manifests); :func:`label_value` returns whichever is set;
+- ``label``: the same label as a JSON string (kept for older callers; :func:`decode_label` reads it).
 
 Packaged layout (AffectGPT's MER-UniBench release): ``root`` holds one folder per benchmark, named as in
 :data:`BENCHMARKS` (``mer2023-dataset-process``, ``cmumosi-process``, ...), each with its label file,
@@ -27,8 +28,8 @@ MOSI, MOSEI, SIMS, SIMS v2). OV-MERD+ labels follow the official reader: an empt
 
 Example:
     >>> ds = load_benchmark("meld", "/data/merunibench")            # 2610 test samples
-    >>> decode_label(ds[0]["label"])
-    'surprise'
+    >>> ds[0]["emotion"], ds[0]["valence"], ds[0]["labels"]
+    ('surprise', None, None)
     >>> train = merge_benchmarks([load_benchmark(n, "/data/merunibench", "train") for n in ("mer2023", "meld")])
 """
 
@@ -52,9 +53,14 @@ logger = logging.getLogger(__name__)
 
 TASKS = ("emotion", "sentiment", "openset")
 SPLITS = ("train", "val", "test")
-FEATURES = datasets.Features(
-    {c: datasets.Value("string") for c in ("name", "benchmark", "task", "split", "video", "audio", "subtitle", "label")}
-)
+FEATURES = datasets.Features({
+    **{c: datasets.Value("string") for c in ("name", "benchmark", "task", "split", "video", "audio", "subtitle")},
+    "emotion": datasets.Value("string"),  # emotion sets; None elsewhere
+    "valence": datasets.Value("float64"),  # sentiment sets; None elsewhere
+    "labels": datasets.List(datasets.Value("string")),  # open sets; None elsewhere
+    "label": datasets.Value("string"),  # JSON of whichever of the three applies
+})
+TYPED_LABELS = ("emotion", "valence", "labels")
 TRAIN_VAL_TEST = {"train": "train_corpus", "val": "val_corpus", "test": "test_corpus"}
 
 
@@ -120,6 +126,25 @@ def decode_label(label: str):
     return json.loads(label)
 
 
+def typed_label(value) -> dict:
+    """``{"emotion", "valence", "labels"}`` of a label: the one its type fits is set, the others None."""
+    if isinstance(value, (list, tuple)):
+        return {"emotion": None, "valence": None, "labels": [str(w) for w in value]}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"emotion": None, "valence": float(value), "labels": None}
+    return {"emotion": str(value), "valence": None, "labels": None}
+
+
+def label_value(row: dict):
+    """The label of a row from these readers: its ``emotion`` (str), ``valence`` (float) or ``labels`` (list)."""
+    for column in TYPED_LABELS:
+        if row.get(column) is not None:
+            return row[column]
+    if "label" in row:  # a row from before the typed columns
+        return decode_label(row["label"])
+    raise KeyError(f"row {row.get('name')!r} has no label column ({', '.join(TYPED_LABELS)}, label)")
+
+
 def parse_word_list(text: str) -> list[str]:
     """``"[worried, sad]"`` / ``"['a', 'b']"`` / ``"a, b"`` -> ``["worried", "sad"]``; ``"[]"`` -> ``[]``."""
     text = str(text).strip()
@@ -133,7 +158,9 @@ def parse_word_list(text: str) -> list[str]:
 
 
 def _to_dataset(rows: list[dict], extra_columns: tuple[str, ...] = ()) -> datasets.Dataset:
-    """A Dataset of ``rows`` with the FEATURES columns (plus ``extra_columns``, as strings)."""
+    """A Dataset of ``rows`` with the FEATURES columns (plus ``extra_columns``, as strings); the typed label
+    columns come from each row's JSON ``label``."""
+    rows = [{**r, **typed_label(decode_label(r["label"]))} for r in rows]
     features = datasets.Features({**FEATURES, **{c: datasets.Value("string") for c in extra_columns}})
     return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in features}, features=features)
 
@@ -453,11 +480,17 @@ def load_manifest(path, split: str | None = None, check_media: bool = False) -> 
 
 
 def merge_benchmarks(parts) -> datasets.Dataset:
-    """Concatenate datasets from these readers (e.g. the training sets of all nine), keeping the FEATURES columns."""
+    """Concatenate datasets from these readers (e.g. the training sets of all nine), keeping the FEATURES columns.
+    A dataset from before the typed label columns gets them from its JSON ``label``."""
     parts = list(parts)
     if not parts:
         raise ValueError("merge_benchmarks: no datasets given")
     for i, part in enumerate(parts):
+        if "label" in part.column_names and not set(TYPED_LABELS) & set(part.column_names):
+            typed = [typed_label(decode_label(x)) for x in part["label"]]
+            for column in TYPED_LABELS:
+                part = part.add_column(column, [t[column] for t in typed], feature=FEATURES[column])
+            parts[i] = part
         missing = [c for c in FEATURES if c not in part.column_names]
         if missing:
             raise ValueError(f"merge_benchmarks: dataset {i} lacks columns {missing}")

@@ -17,12 +17,13 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import filter_repo_objects
 
 from benchmarks.score import BENCHMARKS
+from pipeline_affectverse import CUSTOM_PIPELINES
 
 logger = logging.getLogger("affectverse")
 
 SUBTITLE_COLUMNS = ("subtitle", "english", "sentence", "text", "chinese")  # first one present is read
 REMOTE_CODE_FILES = ("configuration_affectverse.py", "modeling_affectverse.py", "ewm_affectverse.py",
-                     "processing_affectverse.py")
+                     "processing_affectverse.py", "media_affectverse.py", "pipeline_affectverse.py")
 BASE_MODEL = "Qwen/Qwen2.5-Omni-7B"
 PAPER = "https://arxiv.org/abs/2605.19950"
 # Title and authors as on the paper's first page (arXiv:2605.19950v1, cs.CV, 19 May 2026).
@@ -115,11 +116,33 @@ def _norm(name) -> str:
     return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
 
+def _run_scores(summary: dict, lookup: dict) -> dict:
+    """``{benchmark: entry}`` of a ``benchmarks.run`` ``scores.json``: the A+V+T entry at kappa = 1 (the model
+    card's setting, as Table 1); benchmarks outside MER-UniBench and entries without a main score are skipped."""
+    chosen = {}
+    for entry in summary["results"]:
+        if entry.get("modality") != "avt" or float(entry.get("keep_ratio", 1.0)) != 1.0:
+            continue
+        if lookup.get(_norm(entry.get("benchmark"))) is None:
+            logger.warning("evaluation summary: %s is not a MER-UniBench benchmark; not in the card",
+                           entry.get("benchmark"))
+        elif entry.get("main_score") is None:
+            logger.warning("evaluation summary: %s has no main score (%s); not in the card", entry["benchmark"],
+                           entry.get("main_note", "not scored"))
+        else:
+            chosen[entry["benchmark"]] = entry
+    if not chosen:
+        raise ValueError("evaluation summary (benchmarks.run scores.json): no scored MER-UniBench benchmark in the "
+                         "A+V+T setting at keep ratio 1.0")
+    return chosen
+
+
 def read_eval_summary(summary) -> dict[str, dict]:
     """``{benchmark key: score report}`` from an evaluation summary: a path to JSON, or already-loaded JSON.
 
-    Accepted: one ``python -m benchmarks.score`` report (``{"benchmark": ..., "main_score": ...}``; with several
-    checkpoints its ``best``), a list of them, or ``{benchmark: report or main score}``. Benchmark names are
+    Accepted: ``benchmarks.run``'s ``scores.json`` (``{"errors": ..., "results": [...]}``: its A+V+T entries at
+    keep ratio 1.0), one ``python -m benchmarks.score`` report (``{"benchmark": ..., "main_score": ...}``; with
+    several checkpoints its ``best``), a list of them, or ``{benchmark: report or main score}``. Benchmark names are
     matched loosely ("CMU-MOSI", "mosi", "OV-MERD+" all work); scores are on the 0-100 scale of the scorer.
     """
     if isinstance(summary, (str, Path)):
@@ -129,6 +152,8 @@ def read_eval_summary(summary) -> dict[str, dict]:
     if isinstance(summary, list):
         summary = {report["benchmark"]: report for report in summary}
     lookup = {_norm(key): key for key in MER_UNIBENCH} | {_norm(v[0]): key for key, v in MER_UNIBENCH.items()}
+    if isinstance(summary, dict) and isinstance(summary.get("results"), list):
+        summary = _run_scores(summary, lookup)
     reports = {}
     for name, report in summary.items():
         key = lookup.get(_norm(name))
@@ -346,6 +371,7 @@ def export_for_hub(model, processor, out_dir, eval_summary=None, training_args=N
     out = Path(out_dir)
     model = _merged(model)
     _check_pair(model, processor)
+    model.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("emotion-recognition", model=out, ...)
     reports = read_eval_summary(eval_summary) if eval_summary is not None else {}
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, max_shard_size=max_shard_size)

@@ -4,7 +4,7 @@ Media are probed with PyAV: the container must open, hold the streams the sample
 stream in a ``.wav`` or, when the sample's audio is the video's own track, in the video), declare a duration, and
 decode at its start and near its end (a file cut short fails there, or ends early; a ``.wav`` whose header
 announces more samples than the file holds is caught the same way). Shortfalls are judged by the processor's
-rule (``processing_affectverse.AUDIO_SHORTFALL``: more than max(0.25 s, 10 %) missing). Files are probed in
+rule (``media_affectverse.AUDIO_SHORTFALL``: more than max(0.25 s, 10 %) missing). Files are probed in
 parallel (threads: PyAV decodes outside the GIL) and the verdicts are cached in a JSON file keyed by (path, size,
 mtime), so resuming a run does not probe again.
 
@@ -21,9 +21,7 @@ import argparse
 import json
 import logging
 import os
-import re
 import time
-import wave
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +29,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from processing_affectverse import AUDIO_SHORTFALL, answer_from_label
+from media_affectverse import AUDIO_SHORTFALL, decoder_reason, stream_seconds, wav_duration
+from processing_affectverse import answer_from_label
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def _short(declared: float, got: float) -> bool:
 
 def _stream_end(container, stream) -> float:
     """Time (s) of the end of the last frame decoded after seeking near the stream's declared end."""
-    duration = _duration(container, stream)
+    duration = stream_seconds(stream, container)
     if duration is None or duration <= 0:
         raise ValueError(f"no {stream.type} duration")
     try:
@@ -72,22 +71,6 @@ def _stream_end(container, stream) -> float:
     if end is None:
         raise ValueError(f"no {stream.type} frame decodes near the end ({duration:.2f} s)")
     return end
-
-
-def _duration(container, stream) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    return container.duration / av.time_base if container.duration else None
-
-
-def _wav_frames(path: str) -> float | None:
-    """Seconds the header of a PCM wav announces (None: not a wav the ``wave`` module reads)."""
-    try:
-        with wave.open(path, "rb") as wav:
-            frames, rate, width = wav.getnframes(), wav.getframerate(), wav.getsampwidth() * wav.getnchannels()
-    except (wave.Error, EOFError, OSError):
-        return None
-    return frames / rate if rate and frames * width < 0xFFFFFFF0 else None  # a streaming writer's size: no length
 
 
 def probe(path: str, video: bool, audio: bool) -> str | None:
@@ -111,10 +94,10 @@ def probe(path: str, video: bool, audio: bool) -> str | None:
                 container.seek(0, stream=stream)
                 if next(container.decode(stream), None) is None:
                     return f"no {stream.type} frame decodes at the start"
-            ends = {stream.type: (_duration(container, stream), _stream_end(container, stream)) for stream in streams}
+            ends = {stream.type: (stream_seconds(stream, container), _stream_end(container, stream)) for stream in streams}
     except (av.FFmpegError, ValueError, OSError, StopIteration) as err:
-        return f"unreadable, truncated or corrupt ({_reason(err)})"
-    declared_wav = _wav_frames(path) if audio and path.lower().endswith(".wav") else None
+        return f"unreadable, truncated or corrupt ({decoder_reason(err)})"
+    declared_wav = wav_duration(path) if audio and path.lower().endswith(".wav") else None
     if declared_wav is not None and _short(declared_wav, ends["audio"][1]):
         return f"truncated audio: the header announces {declared_wav:.2f} s, the file holds {ends['audio'][1]:.2f} s"
     for kind, (declared, end) in ends.items():
@@ -123,11 +106,6 @@ def probe(path: str, video: bool, audio: bool) -> str | None:
     if "video" in ends and "audio" in ends and _short(ends["video"][1], ends["audio"][1]):
         return f"truncated audio: {ends['audio'][1]:.2f} s against {ends['video'][1]:.2f} s of video"
     return None
-
-
-def _reason(err: Exception) -> str:
-    text = (str(err).strip() or type(err).__name__).splitlines()[0]
-    return re.sub(r"^\[Errno -?\d+\] ", "", text.replace(f": '{getattr(err, 'filename', '')}'", ""))
 
 
 def media_needs(row: dict) -> list[tuple[str, bool, bool]]:

@@ -28,6 +28,8 @@ import logging
 import sys
 from pathlib import Path
 
+from benchmarks.engine import to_device
+
 logger = logging.getLogger(__name__)
 
 # The nine MER-UniBench benchmarks in the paper's column order, with their column titles.
@@ -453,7 +455,6 @@ def imagination_quality(model, processor, rows: list[dict], keep_ratio: float = 
     import numpy as np
     import torch
 
-    from benchmarks.run import to_device
     from processing_affectverse import AffectVerseCollator
 
     cfg = model.config
@@ -502,7 +503,6 @@ def belief_attention(model, processor, row: dict, keep_ratio: float = 1.0) -> di
     """
     import torch
 
-    from benchmarks.run import to_device
     from processing_affectverse import AffectVerseCollator
 
     collator = AffectVerseCollator(processor, training=False, on_error="raise", keep_ratio=keep_ratio)

@@ -8,16 +8,27 @@ keep ratio asked for, then scores and reports:
   the video file when the sample has no wav, without decoding its frames). The subtitle is always kept.
 - **Keep ratios** (Table 2): the observed audio and video are cut to their first kappa at inference (the media
   loaders' ``keep_ratio``); 1.0 is the full clip.
-- **Generation**: batched (left padding), greedy, AffectGPT's question; one bar per run (tqdm).
-- **Predictions**: ``OUT/predictions.jsonl``, one line per clip and setting, written and flushed per batch::
+- **Generation**: :class:`benchmarks.engine.Engine`: batched (left padding), greedy, AffectGPT's question;
+  ``--num-workers`` DataLoader workers decode the media ahead of the model; progress as a tqdm bar with ok/error
+  counts (a log line every 5% or 30 s when the output is not a terminal).
+- **Predictions**: ``OUT/predictions.jsonl``, a :class:`benchmarks.store.PredictionStore`: a header with the
+  run's settings (model fingerprint, processor, dtype, generation, extractor), then one line per clip and
+  setting, fsynced per batch::
 
-      {"name", "benchmark", "task", "modality", "setting", "keep_ratio", "status": "ok" | "error",
-       "answer", "labels", "sentiment" (sentiment benchmarks), "seconds", "reason" (errors)}
+      {"setting_id": "avt-k1", "modality", "keep_ratio", "name", "benchmark", "task", "setting",
+       "status": "ok" | "error", "answer", "labels", "sentiment" (sentiment benchmarks), "seconds",
+       "reason" (errors)}
 
-  ``seconds`` is the batch's wall time (media loading + generation) divided by its clips. A rerun with the same
-  ``--out`` skips every (benchmark, modality, keep ratio, name) already in the file, so an interrupted run resumes
-  without recomputing anything (a half-written last line is dropped). A clip whose media cannot be loaded is
+  ``seconds`` is the batch's media decoding + generation time divided by its clips. A rerun with the same
+  ``--out`` skips every (setting, benchmark, name) already in the file, so an interrupted run resumes without
+  recomputing anything (an unterminated last line is dropped); a rerun with another model or other settings stops
+  with the differences (``--new-run``: a fresh folder ``OUT-2`` beside it). A clip whose media cannot be loaded is
   recorded with ``status: "error"`` and its reason; pass ``--retry-errors`` to try those again.
+- **Several processes**: ``accelerate launch -m benchmarks.run ...`` splits the clips between the processes (one
+  GPU each); each writes ``predictions.shardRofN.jsonl``, the main process merges them into ``predictions.jsonl``
+  and scores once. An interrupted sharded run resumes from its shards.
+- **No code execution**: the project's own classes load ``--model``; its Python files run only with
+  ``--trust-remote-code``.
 - **Scoring** (``OUT/scores.json``): per benchmark x setting x kappa, the MER-UniBench main score (HIT, non-zero
   WAF or the OV-MERD+ set F-score, see ``benchmarks/score.py``) and the closed-set alternative (weighted F1 over
   the dataset's label set, or Acc-2 for sentiment), x100. A clip that failed to load counts as an empty answer.
@@ -42,18 +53,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from benchmarks.data import BENCHMARKS as DATASETS
-from benchmarks.data import canonical_name, decode_label, load_benchmark, load_manifest
+from benchmarks.data import canonical_name, label_value, load_benchmark, load_manifest
+from benchmarks.engine import (
+    MEDIA_ERRORS,
+    MODALITIES,
+    Engine,
+    Modality,  # noqa: F401 - re-exported: the modality settings are part of this module's interface
+    Processes,
+    Setting,
+    checkpoint_record,
+    load_model,
+    modality_row,  # noqa: F401 - re-exported
+    predict_to_store,
+    resolve_device,
+)
+from benchmarks.report import belief_attention, imagination_quality, write_report
 from benchmarks.score import BENCHMARKS as SCORERS
 from benchmarks.score import KINDS, MAIN_METRICS
 from benchmarks.scoring import (
@@ -65,6 +87,7 @@ from benchmarks.scoring import (
     sentiment_from_answer,
     sentiment_scores,
 )
+from benchmarks.store import PredictionStore, StoreError, fresh_path
 
 logger = logging.getLogger(__name__)
 
@@ -72,118 +95,20 @@ PREDICTIONS = "predictions.jsonl"
 SCORES = "scores.json"
 IMAGINATION = "imagination.json"
 ATTENTION = "belief_attention.json"
-MEDIA_ERRORS = (ValueError, KeyError, OSError, RuntimeError)  # MediaError is a ValueError; decord/av are wrapped
 ERROR_SCORING = ("a clip that failed to load counts as an empty answer: no label (a miss) or, for sentiment, "
                  "neutral (which the protocol counts as negative)")
 
 
-@dataclass(frozen=True)
-class Modality:
-    """One input setting of Table 1 / Table 2."""
-
-    key: str
-    name: str  # Table 1 row label
-    ablation: str  # Table 2 row label
-    video: bool
-    audio: bool
+def work_key(row: dict) -> tuple:
+    """A clip's key within a setting in the store."""
+    return row["benchmark"], row["name"]
 
 
-MODALITIES = {
-    "avt": Modality("avt", "A+V+T", "Full", video=True, audio=True),
-    "at": Modality("at", "A+T", "No Video", video=False, audio=True),
-    "vt": Modality("vt", "V+T", "No Audio", video=True, audio=False),
-}
-
-
-def modality_row(row: dict, modality: Modality) -> dict:
-    """A dataset row with the dropped modality removed, in the form ``AffectVerseCollator.sample`` reads.
-
-    ``audio == ""`` means the video's own track; ``audio=None`` no audio; ``video=""`` no frames.
-    """
-    row = dict(row)
-    if not modality.video:
-        row["audio"] = row.get("audio") or row.get("video") or None  # the track, read without the frames
-        row["video"] = ""
-    if not modality.audio:
-        row["audio"] = None
-    return row
-
-
-def result_key(benchmark: str, modality: str, keep_ratio: float, name: str) -> tuple:
-    return benchmark, modality, round(float(keep_ratio), 6), name
-
-
-# ---------------------------------------------------------------------------------------------- predictions
-class PredictionStore:
-    """``predictions.jsonl``: read once at start (repairing a half-written last line), appended per batch."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.records: dict[tuple, dict] = {}  # the last record per key wins (``--retry-errors`` appends)
-        if self.path.exists():
-            self._load()
-
-    def _load(self):
-        text = self.path.read_text(encoding="utf-8")
-        lines = text.split("\n")
-        good, dropped = [], 0
-        for line_no, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                key = result_key(record["benchmark"], record["modality"], record["keep_ratio"], record["name"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                if line_no < len(lines) - 1:  # not the unterminated tail: the file was edited or is corrupt
-                    raise ValueError(f"{self.path}, line {line_no}: not a prediction record; fix or remove it") \
-                        from None
-                dropped += 1
-                continue
-            self.records[key] = record
-            good.append(line)
-        if dropped or (text and not text.endswith("\n")):
-            logger.warning("%s: dropping a half-written last line (an interrupted run); it will be recomputed",
-                           self.path)
-            self.path.write_text("".join(line + "\n" for line in good), encoding="utf-8")
-        logger.info("%s: %d predictions from an earlier run", self.path, len(self.records))
-
-    def done(self, key: tuple, retry_errors: bool = False) -> bool:
-        record = self.records.get(key)
-        return record is not None and not (retry_errors and record.get("status") == "error")
-
-    def append(self, records: list[dict]):
-        """Write ``records`` (one line each) and flush them to disk."""
-        with open(self.path, "a", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        for record in records:
-            self.records[result_key(record["benchmark"], record["modality"], record["keep_ratio"], record["name"])] = \
-                record
+def store_key(benchmark: str, modality: str, keep_ratio: float, name: str) -> tuple:
+    return Setting(MODALITIES[modality], keep_ratio).id, benchmark, name
 
 
 # ------------------------------------------------------------------------------------------- model and data
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, dtype)
-
-
-def load_model(path: str, device: str, dtype: torch.dtype):
-    """(model in eval mode on ``device``, processor) from an AffectVerse checkpoint folder."""
-    from modeling_affectverse import AffectVerseForConditionalGeneration
-    from processing_affectverse import AffectVerseProcessor
-
-    model = AffectVerseForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
-    # trust_remote_code: the folder's processor config names its own class in auto_map; we load that class here.
-    processor = AffectVerseProcessor.from_pretrained(path, trust_remote_code=True)
-    if processor.belief_token_id != model.config.belief_token_id:
-        raise ValueError(f"{path}: the processor's <|belief|> id {processor.belief_token_id} differs from the "
-                         f"model's belief_token_id {model.config.belief_token_id}")
-    return model, processor
-
-
 def load_rows(args) -> dict[str, list[dict]]:
     """``{benchmark: rows}`` from ``--manifest`` (grouped by its ``benchmark`` column) or ``--data-root``."""
     split = None if args.split == "all" else args.split
@@ -241,97 +166,50 @@ class LLMLabeler:
 
 
 # ------------------------------------------------------------------------------------------------ generation
-def to_device(batch, model):
-    """Move a processor batch to the model's device; media features take the model's dtype (positions do not)."""
-    batch = batch.to(model.device)
-    for key in ("pixel_values_videos", "pixel_values", "input_features"):
-        if key in batch:
-            batch[key] = batch[key].to(model.dtype)
-    return batch
-
-
-def encode_rows(processor, collator, rows: list[dict], keep_ratio: float):
-    """Encode each row on its own so one bad clip cannot sink its batch: (encoded, ok rows, {name: reason})."""
-    encoded, ok, failed = [], [], {}
-    for i, row in enumerate(rows):
-        try:
-            encoded.append(processor.encode(collator.sample(row), training=False, keep_ratio=keep_ratio, index=i))
-            ok.append(row)
-        except MEDIA_ERRORS as err:
-            reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-            logger.warning("%s: %s", row["name"], reason)
-            failed[row["name"]] = reason
-    return encoded, ok, failed
-
-
-@torch.no_grad()
-def generate_answers(model, processor, encoded, max_new_tokens: int) -> list[str]:
-    batch = to_device(processor.collate(encoded, padding_side="left"), model)
-    tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=processor.tokenizer.pad_token_id)
-    new_tokens = tokens[:, batch["input_ids"].shape[1]:]  # generate returns the prompt + the new tokens
-    return [a.strip() for a in processor.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def run_batch(model, processor, collator, extractor, rows, modality: Modality, keep_ratio, max_new_tokens):
-    """Prediction records for one batch of dataset rows (errors included), in row order."""
-    start = time.perf_counter()
-    encoded, ok, failed = encode_rows(processor, collator, [modality_row(r, modality) for r in rows], keep_ratio)
-    answers = generate_answers(model, processor, encoded, max_new_tokens) if encoded else []
-    labels = extractor.labels(answers) if answers else []
-    sentiments = {}  # row index in ok -> sentiment, for the sentiment benchmarks
-    if any(r["task"] == "sentiment" for r in ok):
-        index = [i for i, r in enumerate(ok) if r["task"] == "sentiment"]
-        found = extractor.sentiments([answers[i] for i in index], [labels[i] for i in index])
-        sentiments = dict(zip(index, found))
-    seconds = round((time.perf_counter() - start) / len(rows), 4)
-    by_name = {r["name"]: i for i, r in enumerate(ok)}
+def to_records(extractor, setting: Setting, rows: list[dict], results: list[dict]) -> list[dict]:
+    """Prediction records for one engine batch (errors included), in row order."""
+    ok = [i for i, r in enumerate(results) if r["status"] == "ok"]
+    answers = [results[i]["answer"] for i in ok]
+    labels = dict(zip(ok, extractor.labels(answers))) if answers else {}
+    sentiment = [i for i in ok if rows[i]["task"] == "sentiment"]
+    sentiments = dict(zip(sentiment, extractor.sentiments([results[i]["answer"] for i in sentiment],
+                                                          [labels[i] for i in sentiment]))) if sentiment else {}
     records = []
-    for row in rows:
-        record = {"name": row["name"], "benchmark": row["benchmark"], "task": row["task"], "modality": modality.key,
-                  "setting": modality.name, "keep_ratio": float(keep_ratio)}
-        if row["name"] in failed:
-            record.update(status="error", reason=failed[row["name"]], answer="", labels=[])
+    for i, (row, result) in enumerate(zip(rows, results)):
+        record = {"name": row["name"], "benchmark": row["benchmark"], "task": row["task"],
+                  "setting": setting.modality.name, "status": result["status"]}
+        if result["status"] == "error":
+            record.update(reason=result["reason"], answer="", labels=[])
         else:
-            i = by_name[row["name"]]
-            record.update(status="ok", answer=answers[i], labels=labels[i])
+            record.update(answer=result["answer"], labels=labels[i])
             if i in sentiments:
                 record["sentiment"] = sentiments[i]
-        record["seconds"] = seconds
+        record["seconds"] = result["seconds"]
         records.append(record)
     return records
 
 
-def predict(model, processor, groups, modalities, keep_ratios, store, extractor, args) -> bool:
+def predict(groups, modalities, keep_ratios, args, run_record: dict, get_model) -> tuple[bool, PredictionStore]:
     """Run every pending (benchmark, modality, kappa, clip); False when ``--max-batches`` stopped the run early."""
-    from processing_affectverse import AffectVerseCollator
-
-    collator = AffectVerseCollator(processor, training=False, on_error="skip")
-    plan = []
+    work = []
     for bench, rows in groups.items():
         for modality in modalities:
             for kappa in keep_ratios:
-                todo = [r for r in rows if not store.done(result_key(bench, modality.key, kappa, r["name"]),
-                                                          args.retry_errors)]
-                if todo:
-                    plan.append((bench, modality, kappa, todo))
-                logger.info("%s %s kappa=%.2f: %d of %d clips to run", bench, modality.name, kappa, len(todo),
-                            len(rows))
-    total = sum(len(todo) for *_, todo in plan)
-    batches = 0
-    with tqdm(total=total, desc="generating", unit="clip", disable=None) as bar:
-        for bench, modality, kappa, todo in plan:
-            bar.set_postfix_str(f"{bench} {modality.name} kappa={kappa:g}")
-            for start in range(0, len(todo), args.batch_size):
-                if args.max_batches is not None and batches >= args.max_batches:
-                    logger.warning("stopped after --max-batches=%d; rerun the same command to resume", batches)
-                    return False
-                records = run_batch(model, processor, collator, extractor, todo[start:start + args.batch_size],
-                                    modality, kappa, args.max_new_tokens)
-                store.append(records)
-                batches += 1
-                bar.update(len(records))
-    return True
+                setting = Setting(modality, kappa)
+                work += [(setting, row) for row in rows]
+    extractor = []
+
+    def make_engine():
+        model, processor = get_model()
+        extractor.append(RuleExtractor() if args.extractor == "rule" else
+                         LLMLabeler(args.extractor_model, device=str(model.device), batch_size=args.batch_size))
+        return Engine(model, processor, args.max_new_tokens, args.batch_size, args.num_workers)
+
+    finished, store, _ = predict_to_store(
+        Path(args.out) / PREDICTIONS, run_record, str(args.model), ("benchmark", "name"), work, work_key,
+        make_engine, lambda setting, rows, results: to_records(extractor[0], setting, rows, results),
+        retry_errors=args.retry_errors, max_batches=args.max_batches, desc="generating")
+    return finished, store
 
 
 # --------------------------------------------------------------------------------------------------- scoring
@@ -382,10 +260,10 @@ def score_run(groups, modalities, keep_ratios, store, wheel) -> dict:
     results = []
     for bench, rows in groups.items():
         task = rows[0]["task"]
-        gts = [decode_label(r["label"]) for r in rows]
+        gts = [label_value(r) for r in rows]
         for modality in modalities:
             for kappa in keep_ratios:
-                records = [store.records.get(result_key(bench, modality.key, kappa, r["name"])) for r in rows]
+                records = [store.records.get(store_key(bench, modality.key, kappa, r["name"])) for r in rows]
                 if any(r is None for r in records):
                     logger.warning("%s %s kappa=%g: %d clips have no prediction; not scored", bench, modality.name,
                                    kappa, sum(r is None for r in records))
@@ -414,7 +292,14 @@ def parse_args(argv=None):
     p.add_argument("--keep-ratios", default="1.0", help="comma-separated kappa in (0, 1], e.g. 1.0,0.7,0.5,0.3,0.1")
     p.add_argument("--out", required=True, help="run folder (predictions, scores, tables, plots); reruns resume")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: this process's GPU under accelerate "
+                                                  "launch, else cuda when available)")
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding media ahead of the model")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="load the model folder with its own Python code (default: the project's classes; the "
+                        "folder's code never runs)")
+    p.add_argument("--new-run", action="store_true",
+                   help="start a fresh run in a new folder beside --out (OUT-2, ...) instead of resuming OUT")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 on cuda, float32 on cpu")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -443,21 +328,19 @@ def parse_args(argv=None):
     args.keep_ratio_list = [float(k) for k in args.keep_ratios.split(",") if k.strip()]
     if not args.keep_ratio_list or not all(0 < k <= 1 for k in args.keep_ratio_list):
         p.error(f"--keep-ratios must lie in (0, 1], got {args.keep_ratios}")
-    if args.batch_size < 1:
-        p.error("--batch-size must be >= 1")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.batch_size < 1 or args.num_workers < 0:
+        p.error("--batch-size must be >= 1 and --num-workers >= 0")
     if args.emotion_wheel is None and args.data_root and (Path(args.data_root) / "emotion_wheel").is_dir():
         args.emotion_wheel = str(Path(args.data_root) / "emotion_wheel")
     return args
 
 
-def diagnostics(model, processor, groups, args, out: Path):
+def diagnostics(get_model, groups, args, out: Path):
     """Table 8 (imagination cosine) and Figure 3 (MAMA attention) data, computed once per run folder."""
-    from benchmarks.report import belief_attention, imagination_quality
-
     rows = [r for rs in groups.values() for r in rs][: max(args.imagination_clips, 0)]
-    if not rows:
+    if not rows or ((out / IMAGINATION).exists() and (out / ATTENTION).exists()):
         return
+    model, processor = get_model()
     if not (out / IMAGINATION).exists():
         try:
             result = imagination_quality(model, processor, rows, keep_ratio=args.imagination_keep_ratio,
@@ -481,40 +364,57 @@ def main(argv=None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    procs = Processes()
     try:
         groups = load_rows(args)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     if not groups:
         raise SystemExit("error: no samples to evaluate")
+    out = Path(args.out)
+    if args.new_run:  # the main process's choice holds for every process
+        out = Path(procs.from_main(str(fresh_path(out) if (out / PREDICTIONS).exists() else out)))
+        logger.info("--new-run: a fresh run in %s", out)
+    args.out = str(out)
+    procs.barrier()
+    if procs.main:
+        out.mkdir(parents=True, exist_ok=True)
     wheel = None
     if args.emotion_wheel and any(rows[0]["task"] != "sentiment" for rows in groups.values()):
         from benchmarks.wheel import load_wheel
 
         wheel = load_wheel(args.emotion_wheel)
-    dtype = resolve_dtype(args.dtype, args.device)
-    model, processor = load_model(args.model, args.device, dtype)
-    extractor = RuleExtractor() if args.extractor == "rule" else \
-        LLMLabeler(args.extractor_model, device=args.device, batch_size=args.batch_size)
+    device, dtype = resolve_device(args.device, args.dtype)
+    loaded = []
+
+    def get_model():
+        if not loaded:
+            loaded.extend(load_model(args.model, device, dtype, args.trust_remote_code))
+        return loaded
+
+    record = {"model": checkpoint_record(args.model), "dtype": str(dtype).replace("torch.", ""),
+              "generation": {"max_new_tokens": args.max_new_tokens, "do_sample": False},
+              "extractor": {"name": args.extractor, "model": args.extractor_model}}
+    t0 = time.perf_counter()
+    try:
+        finished, store = predict(groups, args.modality_list, args.keep_ratio_list, args, record, get_model)
+    except StoreError as err:
+        raise SystemExit(f"error: {err}") from None
+    logger.info("generation: %.1f s", time.perf_counter() - t0)
+    if not procs.main:
+        return 0
     (out / "run.json").write_text(json.dumps({
-        "model": str(Path(args.model).resolve()), "device": args.device, "dtype": str(dtype).replace("torch.", ""),
+        "model": str(Path(args.model).resolve()), "device": str(device), "dtype": record["dtype"],
         "benchmarks": {b: len(r) for b, r in groups.items()}, "modalities": [m.key for m in args.modality_list],
         "keep_ratios": args.keep_ratio_list, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-        "extractor": extractor.name, "emotion_wheel": args.emotion_wheel, "split": args.split}, indent=2))
-    store = PredictionStore(out / PREDICTIONS)
-    t0 = time.perf_counter()
-    finished = predict(model, processor, groups, args.modality_list, args.keep_ratio_list, store, extractor, args)
-    logger.info("generation: %.1f s", time.perf_counter() - t0)
+        "extractor": args.extractor, "emotion_wheel": args.emotion_wheel, "split": args.split,
+        "processes": procs.world}, indent=2))
     if not finished:
         return 0
     scores = score_run(groups, args.modality_list, args.keep_ratio_list, store, wheel)
     (out / SCORES).write_text(json.dumps(scores, indent=2))
     if args.imagination_clips > 0:
-        diagnostics(model, processor, groups, args, out)
-    from benchmarks.report import write_report
-
+        diagnostics(get_model, groups, args, out)
     for path in write_report(out):
         logger.info("wrote %s", path)
     return 0

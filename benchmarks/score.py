@@ -5,7 +5,9 @@ the number of scored samples, and for emotion-set benchmarks the closed-set alte
 (``closed_set_weighted_f1``, ``closed_set_accuracy``), named apart from the official HIT.
 
 Predictions are either our JSONL (one object per line: ``name`` and ``labels`` (list) or ``answer`` (free
-text, labels then extracted by rule); optional ``sentiment``) or AffectGPT's ``-openset.npz`` /
+text, labels then extracted by rule); optional ``sentiment``; a prediction store of ``affectverse predict`` or
+``benchmarks.run`` works as is: lines of other benchmarks are skipped, and a file holding several settings needs
+``--modality`` / ``--keep-ratio`` to choose one) or AffectGPT's ``-openset.npz`` /
 ``-openset-sentiment.npz`` / raw ``checkpoint_*.npz`` (``name2reason``). Give ``--predictions`` several
 times, or a folder, to score checkpoints side by side; the best one is then picked by the oracle rule of
 AffectGPT's table (highest main score).
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import data
+from benchmarks.store import FORMAT as STORE_FORMAT
 from benchmarks.safe_npz import load_npz
 from benchmarks.scoring import (
     closed_set_scores,
@@ -124,8 +127,10 @@ class Predictions:
     sentiments: dict[str, str] | None = None
 
 
-def _read_jsonl(path: Path) -> Predictions:
-    labels, sentiments = {}, {}
+def _jsonl_rows(path: Path, benchmark: str | None) -> list[tuple[int, dict]]:
+    """(line number, object) of the prediction lines; a prediction store's header and setting lines are skipped,
+    and so are lines of another ``benchmark`` (a ``benchmarks.run`` file holds every benchmark of the run)."""
+    rows = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -133,8 +138,41 @@ def _read_jsonl(path: Path) -> Predictions:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{line_no}: not JSON ({err.msg})") from err
+        if isinstance(row, dict) and (row.get("format") == STORE_FORMAT or row.get("kind") == "setting"):
+            continue
         if not isinstance(row, dict) or "name" not in row:
             raise ValueError(f"{path}:{line_no}: each line needs an object with a 'name'")
+        if benchmark is not None and row.get("benchmark", benchmark) != benchmark:
+            continue
+        rows.append((line_no, row))
+    return rows
+
+
+def _one_setting(path: Path, rows: list, modality: str | None, keep_ratio: float | None) -> list:
+    """The rows of one setting (modality x keep ratio): the one chosen, or the only one in the file."""
+    def setting(row):
+        kappa = row.get("keep_ratio")
+        return row.get("modality"), None if kappa is None else round(float(kappa), 6)
+
+    for field, wanted in (("modality", modality), ("keep_ratio", keep_ratio)):
+        if wanted is not None and any(field not in row for _, row in rows):
+            raise ValueError(f"{path}: --{field.replace('_', '-')} given but its lines have no {field!r} field")
+    rows = [(n, r) for n, r in rows if (modality is None or r["modality"] == modality)
+            and (keep_ratio is None or round(float(r["keep_ratio"]), 6) == round(float(keep_ratio), 6))]
+    found = sorted({setting(r) for _, r in rows}, key=str)
+    if len(found) > 1:
+        names = ", ".join(f"modality={m} keep_ratio={k:g}" if k is not None else f"modality={m}" for m, k in found)
+        raise ValueError(f"{path}: holds predictions of {len(found)} settings ({names}); choose one with "
+                         "--modality and/or --keep-ratio")
+    if not rows and (modality is not None or keep_ratio is not None):
+        raise ValueError(f"{path}: no predictions with modality={modality} keep_ratio={keep_ratio}")
+    return rows
+
+
+def _read_jsonl(path: Path, benchmark: str | None = None, modality: str | None = None,
+                keep_ratio: float | None = None) -> Predictions:
+    labels, sentiments = {}, {}
+    for line_no, row in _one_setting(path, _jsonl_rows(path, benchmark), modality, keep_ratio):
         name = str(row["name"])
         if "labels" in row:
             labels[name] = [label.lower() for label in parse_label_list(row["labels"])]
@@ -164,14 +202,23 @@ def _read_affectgpt_npz(path: Path) -> Predictions:
     return Predictions(path, labels={n: [x.lower() for x in parse_label_list(i)] for n, i in zip(names, items)})
 
 
-def read_predictions(path: str | Path) -> Predictions:
-    """Predictions from a ``.jsonl`` file or an AffectGPT ``.npz`` file."""
+def read_predictions(path: str | Path, benchmark: str | None = None, modality: str | None = None,
+                     keep_ratio: float | None = None) -> Predictions:
+    """Predictions from a ``.jsonl`` file or an AffectGPT ``.npz`` file.
+
+    A ``.jsonl`` holding several settings (a ``benchmarks.run`` file: modality x keep ratio per clip) is refused
+    unless ``modality`` / ``keep_ratio`` choose one; lines of another ``benchmark`` are skipped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: predictions file not found")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: predictions file is empty")
-    preds = _read_jsonl(path) if path.suffix == ".jsonl" else _read_affectgpt_npz(path)
+    if path.suffix == ".jsonl":
+        preds = _read_jsonl(path, benchmark, modality, keep_ratio)
+    elif modality is not None or keep_ratio is not None:
+        raise ValueError(f"{path}: --modality / --keep-ratio apply to .jsonl predictions only")
+    else:
+        preds = _read_affectgpt_npz(path)
     if not (preds.labels or preds.sentiments):
         raise ValueError(f"{path}: no predictions in the file")
     return preds
@@ -278,8 +325,10 @@ def _score_ovmerd(bench: Benchmark, gt: dict, preds: Predictions, wheel) -> dict
 _SCORERS = {"hit": _score_hit, "sentiment": _score_sentiment, "ovmerd": _score_ovmerd}
 
 
-def score(benchmark: str, labels: str | Path, predictions: Sequence[str | Path], emotion_wheel=None) -> dict:
-    """Score one or more prediction files; the JSON-ready report of the CLI."""
+def score(benchmark: str, labels: str | Path, predictions: Sequence[str | Path], emotion_wheel=None,
+          modality: str | None = None, keep_ratio: float | None = None) -> dict:
+    """Score one or more prediction files; the JSON-ready report of the CLI (``modality`` / ``keep_ratio``
+    choose one setting of a file that holds several)."""
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; choose from {sorted(BENCHMARKS)}")
     bench = BENCHMARKS[benchmark]
@@ -291,9 +340,13 @@ def score(benchmark: str, labels: str | Path, predictions: Sequence[str | Path],
     gt = read_labels(benchmark, labels)
     files = expand_predictions(predictions, bench.kind)
     results = [
-        {"predictions": str(f), **_SCORERS[bench.kind](bench, gt, read_predictions(f), wheel)} for f in files
+        {"predictions": str(f),
+         **_SCORERS[bench.kind](bench, gt, read_predictions(f, benchmark, modality, keep_ratio), wheel)}
+        for f in files
     ]
     report = {"benchmark": benchmark, "main_metric": MAIN_METRICS[bench.kind], "n_labels": len(gt)}
+    if modality is not None or keep_ratio is not None:
+        report.update(modality=modality, keep_ratio=keep_ratio)
     if len(results) == 1:
         return {**report, **results[0]}
     best = int(np.argmax([r["main_score"] for r in results]))
@@ -308,10 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--predictions", required=True, action="append", help="a .jsonl / .npz file or a folder; repeatable"
     )
     parser.add_argument("--emotion-wheel", help="emotion_wheel folder (needed except for sentiment benchmarks)")
+    parser.add_argument("--modality", help="score this modality setting of a multi-setting file (avt, at, vt)")
+    parser.add_argument("--keep-ratio", type=float, help="score this keep ratio of a multi-setting file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        report = score(args.benchmark, args.labels, args.predictions, args.emotion_wheel)
+        report = score(args.benchmark, args.labels, args.predictions, args.emotion_wheel, args.modality,
+                       args.keep_ratio)
     except (ValueError, FileNotFoundError, EmotionWheelError) as err:
         parser.exit(2, f"error: {err}\n")
     json.dump(report, sys.stdout, indent=2)

@@ -19,6 +19,7 @@ from huggingface_hub import ModelCard
 
 import affectverse_cli as cli
 from benchmarks import hub
+from benchmarks.engine import Engine, modality_row
 from benchmarks.clips import generate_clips, write_bad_media
 from benchmarks.scoring import extract_labels
 from benchmarks.tiny import tiny_config, tiny_processor
@@ -54,7 +55,9 @@ def media(tmp_path_factory):
 
 
 def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+    """The prediction records of a store (header and setting declarations left out)."""
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [r for r in lines if "setting_id" in r and r.get("kind") != "setting"]
 
 
 @pytest.fixture(scope="module")
@@ -118,53 +121,109 @@ def test_predict_resumes_without_loading_the_model(predictions, tiny_folder, med
     before = out.read_text()
     with mock.patch.object(cli, "load_model", side_effect=AssertionError("nothing left to predict")):
         assert cli.main(["predict", str(tiny_folder[0]), str(clips[0].parent), str(bad["no_audio"]),
-                         str(bad["corrupt"]), "--out", str(out)]) == 0
+                         str(bad["corrupt"]), "--out", str(out), "--max-new-tokens", str(TOKENS), "--sentiment"]) == 0
     assert out.read_text() == before
     assert "0 predicted, 0 errors, 6 already" in capsys.readouterr().out.splitlines()[-1]
 
 
-def test_read_done_drops_cut_lines_and_optionally_errors(tmp_path):
-    out = tmp_path / "p.jsonl"
-    ok, err = {"path": "/a.mp4", "status": "ok"}, {"path": "/b.mp4", "status": "error"}
-    out.write_text(json.dumps(ok) + "\n" + json.dumps(err) + '\n{"path": "/c.mp')
-    assert cli.read_done(out) == {"/a.mp4", "/b.mp4"}
-    assert read_jsonl(out) == [ok, err]  # the cut line is gone, so appending starts on a fresh line
-    assert cli.read_done(out, retry_errors=True) == {"/a.mp4"} and read_jsonl(out) == [ok]
+def test_predict_with_other_settings_stops_naming_them_and_new_run_starts_beside(predictions, tiny_folder, media,
+                                                                                 caplog):
+    """Before: "6 already" and the old answers reused for --max-new-tokens 1 / no --sentiment."""
+    out, _ = predictions
+    clips, _ = media
+    before = out.read_bytes()
+    args = ["predict", str(tiny_folder[0]), str(clips[0]), "--out", str(out), "--max-new-tokens", "1"]
+    with mock.patch.object(cli, "load_model", side_effect=AssertionError("must stop before loading")):
+        assert cli.main(args) == 2
+    assert "generation.max_new_tokens: 6 in the file, 1 now" in caplog.text and "sentiment: True" in caplog.text
+    assert "--new-run" in caplog.text and out.read_bytes() == before
+    assert cli.main(args + ["--new-run"]) == 0
+    fresh = out.with_name("preds-2.jsonl")
+    assert out.read_bytes() == before and [r["path"] for r in read_jsonl(fresh)] == [str(clips[0])]
+    header = json.loads(fresh.read_text().splitlines()[0])
+    assert header["run"]["generation"]["max_new_tokens"] == 1 and header["run"]["model"]["fingerprint"]
 
 
-def test_predict_passes_subtitles_and_audio_choice(tmp_path, media):
+def test_predict_without_audio_is_a_new_setting_not_the_old_answers(predictions, tiny_folder, media, tmp_path):
+    """Before: rerun with --audio none into the same file, predict said "6 already" and kept the A+V answers."""
+    clips, bad = media
+    out = tmp_path / "preds.jsonl"
+    out.write_bytes(predictions[0].read_bytes())
+    seen = []
+
+    class FakeEngine(Engine):
+        def run(self, jobs):
+            for setting, rows in jobs:
+                seen.extend(modality_row(r, setting.modality) for r in rows)
+                yield setting, rows, [{"status": "ok", "answer": "sad", "seconds": 0.0} for _ in rows]
+
+    with mock.patch.object(cli, "load_model", return_value=(None, None)), mock.patch.object(cli, "Engine", FakeEngine):
+        assert cli.main(["predict", str(tiny_folder[0]), str(clips[0].parent), str(bad["no_audio"]),
+                         str(bad["corrupt"]), "--out", str(out), "--max-new-tokens", str(TOKENS), "--sentiment",
+                         "--audio", "none"]) == 0
+    assert len(seen) == 6 and all(r["audio"] is None for r in seen)
+    records = read_jsonl(out)
+    assert [r["modality"] for r in records] == ["avt"] * 6 + ["vt"] * 6
+    assert records[:6] == predictions[1]
+
+
+def test_export_reads_the_scores_json_of_benchmarks_run(tiny_folder, tmp_path):
+    """Before: `affectverse export --eval-summary runs/x/scores.json` failed with "unknown benchmark 'errors'"."""
+    scores = {"errors": "a clip that failed to load counts as an empty answer", "results": [
+        {"benchmark": "mosi", "task": "sentiment", "modality": "avt", "setting": "A+V+T", "keep_ratio": 1.0,
+         "n": 4, "n_errors": 0, "main_metric": "non-zero weighted F1 (WAF)", "main_score": 80.0, "acc2": 81.0},
+        {"benchmark": "mosi", "task": "sentiment", "modality": "vt", "setting": "V+T", "keep_ratio": 1.0,
+         "n": 4, "n_errors": 0, "main_score": 10.0, "acc2": 11.0}]}
+    (tmp_path / "scores.json").write_text(json.dumps(scores))
+    assert cli.main(["export", str(tiny_folder[0]), str(tmp_path / "hub"), "--eval-summary",
+                     str(tmp_path / "scores.json")]) == 0
+    results = front_matter(tmp_path / "hub" / "README.md")["model-index"][0]["results"]
+    assert {m["value"] for r in results for m in r["metrics"]} == {80.0, 81.0}
+
+
+@pytest.mark.parametrize("kind", ["csv", "run_predictions", "broken_middle"])
+def test_predict_refuses_a_file_it_did_not_write_and_leaves_it_intact(predictions, tiny_folder, media, tmp_path,
+                                                                      caplog, kind):
+    """Before: the CSV (121 lines) or a benchmarks.run file lost every line predict did not recognise, and a broken
+    line in the middle of a predictions file was silently dropped."""
+    clips, _ = media
+    target = tmp_path / "target.jsonl"
+    if kind == "csv":
+        target.write_text("name,label\n" + "".join(f"clip_{i},happy\n" for i in range(120)))
+    elif kind == "run_predictions":
+        target.write_text("".join(json.dumps({"name": f"c{i}", "benchmark": "mer2023", "modality": "avt",
+                                              "keep_ratio": 1.0, "status": "ok", "labels": []}) + "\n"
+                                  for i in range(22)))
+    else:
+        lines = predictions[0].read_text().splitlines()
+        lines[3] = lines[3][:20]
+        target.write_text("\n".join(lines) + "\n")
+    before = target.read_bytes()
+    with mock.patch.object(cli, "load_model", side_effect=AssertionError("must stop before loading")):
+        assert cli.main(["predict", str(tiny_folder[0]), str(clips[0]), "--out", str(target),
+                         "--max-new-tokens", str(TOKENS), "--sentiment"]) == 2
+    assert target.read_bytes() == before
+    assert ("line 4: not a prediction record" if kind == "broken_middle" else "not an AffectVerse predictions file") \
+        in caplog.text
+
+
+def test_predict_passes_subtitles_and_audio_choice(tmp_path, media, tiny_folder):
     clips, _ = media
     (tmp_path / "subs.csv").write_text(f'name,chinese,english\n{clips[0].stem},你好,"Hello, there."\n')
     seen = []
 
-    class FakePredictor:
-        def __init__(self, *args):
-            pass
+    class FakeEngine(Engine):
+        def run(self, jobs):
+            for setting, rows in jobs:
+                seen.extend(modality_row(r, setting.modality) for r in rows)
+                yield setting, rows, [{"status": "ok", "answer": "", "seconds": 0.0} for _ in rows]
 
-        def __call__(self, rows):
-            seen.extend(rows)
-            return [{"path": r["name"], "status": "ok", "seconds": 0.0} for r in rows]
-
-    with mock.patch.object(cli, "load_model", return_value=(None, None)), \
-            mock.patch.object(cli, "Predictor", FakePredictor):
-        cli.main(["predict", "tiny", str(clips[0]), str(clips[1]), "--out", str(tmp_path / "p.jsonl"),
+    with mock.patch.object(cli, "load_model", return_value=(None, None)), mock.patch.object(cli, "Engine", FakeEngine):
+        cli.main(["predict", str(tiny_folder[0]), str(clips[0]), str(clips[1]), "--out", str(tmp_path / "p.jsonl"),
                   "--audio", "none", "--subtitle-file", str(tmp_path / "subs.csv")])
     assert [(r["video"], r["audio"], r["subtitle"]) for r in seen] == [
         (str(clips[0]), None, "Hello, there."), (str(clips[1]), None, "")]
-
-
-def test_a_failed_batch_is_retried_clip_by_clip():
-    def batch(rows):
-        if len(rows) > 1 or rows[0]["name"] == "/b.mp4":
-            raise RuntimeError("CUDA out of memory")
-        return [{"path": rows[0]["name"], "status": "ok"}]
-
-    predictor = cli.Predictor.__new__(cli.Predictor)
-    predictor.sentiment = False
-    with mock.patch.object(predictor, "_batch", side_effect=batch):
-        records = predictor([{"name": "/a.mp4"}, {"name": "/b.mp4"}])
-    assert records[0] == {"path": "/a.mp4", "status": "ok"}
-    assert records[1]["status"] == "error" and records[1]["error"] == "RuntimeError: CUDA out of memory"
+    assert {r["modality"] for r in read_jsonl(tmp_path / "p.jsonl")} == {"vt"}
 
 
 def test_explain_reports_belief_attention_shares(tiny_folder, media, predictions, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from benchmarks.data import (
     FEATURES,
     decode_label,
+    label_value,
     load_benchmark,
     load_manifest,
     load_meld_original,
@@ -197,6 +198,30 @@ def test_merge_benchmarks_keeps_types_decodable(tmp_path):
     assert merged["task"] == ["openset", "sentiment", "emotion"]
     with pytest.raises(ValueError, match="no datasets"):
         merge_benchmarks([])
+
+
+def test_typed_label_columns_merge_and_read_directly(tmp_path):
+    """An emotion-word, a valence and a label-list column, None where they do not apply, through a merge."""
+    folder = tmp_path / "ovmerdplus-process"
+    folder.mkdir()
+    pd.DataFrame({"name": ["a"], "openset": ["[calm, tired]"]}).to_csv(folder / "ovlabel.csv", index=False)
+    pd.DataFrame({"name": ["a"], "sentence": ["hi"]}).to_csv(folder / "subtitle_eng.csv", index=False)
+    write_label_npz(tmp_path / "sims-process" / "label.npz", test_corpus={"v_1": {"emo": 0, "val": -0.4}})
+    write_subtitles(tmp_path / "sims-process" / "transcription-engchi-polish.csv", ["v_1"])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video,label,split\nx.mp4,happy,test\n")
+    merged = merge_benchmarks([load_benchmark("ovmerdplus", tmp_path), load_benchmark("sims", tmp_path),
+                               load_manifest(manifest)])
+    assert merged["emotion"] == [None, None, "happy"]
+    assert merged["valence"] == [None, -0.4, None]
+    assert merged["labels"] == [["calm", "tired"], None, None]
+    assert (merged.features["valence"].dtype, merged.features["labels"].feature.dtype) == ("float64", "string")
+    assert [label_value(r) for r in merged] == [["calm", "tired"], -0.4, "happy"]
+    assert label_value({"name": "old", "label": '"sad"'}) == "sad"  # a row from before the typed columns
+    old = merged.remove_columns(["emotion", "valence", "labels"])  # a dataset saved before them still merges
+    assert merge_benchmarks([old])["labels"] == merged["labels"]
+    with pytest.raises(KeyError, match="'x' has no label column"):
+        label_value({"name": "x"})
 
 
 def test_parse_word_list():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.hub import REMOTE_CODE_FILES
 from configuration_affectverse import AffectVerseConfig
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from tests.helpers import build_batch, tiny
@@ -283,15 +285,11 @@ def test_generate_runs_the_encoders_once():
 
 
 # -- remote-code hygiene -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["configuration_affectverse.py", "modeling_affectverse.py", "ewm_affectverse.py",
-                                  "processing_affectverse.py"])
+@pytest.mark.parametrize("name", REMOTE_CODE_FILES)
 def test_model_files_import_only_torch_transformers_and_each_other(name):
     path = ROOT / name
-    if not path.exists():
-        pytest.skip(f"{name} not written yet")
-    siblings = {"configuration_affectverse", "modeling_affectverse", "ewm_affectverse", "processing_affectverse"}
-    allowed = {"torch", "transformers", "__future__", "dataclasses", "logging", "typing", "math", "os", "json",
-               "re", "pathlib", "warnings", "collections", "functools", "itertools"} | siblings
+    siblings = {Path(f).stem for f in REMOTE_CODE_FILES}
+    allowed = {"torch", "transformers"} | set(sys.stdlib_module_names) | siblings  # third-party: behind a guard
     tree = ast.parse(path.read_text())
     for node in tree.body:  # module level only; guarded imports live inside functions or try blocks
         if isinstance(node, ast.Try):

@@ -17,8 +17,8 @@ from benchmarks.clips import generate_clips, write_bad_media
 from benchmarks.tiny import (QWEN2_5_OMNI_CHAT_TEMPLATE, QWEN_NAMED_TOKENS, QWEN_SPECIAL_TOKENS, TINY_IDS,
                              tiny_config, tiny_processor)
 from configuration_affectverse import belief_split
-from processing_affectverse import (AffectVerseCollator, AffectVerseProcessor, MediaError, answer_from_label,
-                                    load_audio, load_video)
+from processing_affectverse import (QUESTION, SYSTEM_PROMPT, AffectVerseCollator, AffectVerseProcessor, MediaError,
+                                    answer_from_label, load_audio, load_video)
 
 ANSWER = "The character's emotional state is happy."
 BELIEF, VIDEO, AUDIO = TINY_IDS["<|belief|>"], TINY_IDS["<|VIDEO|>"], TINY_IDS["<|AUDIO|>"]
@@ -28,6 +28,17 @@ MEDIA_EOS = (TINY_IDS["<|vision_eos|>"], TINY_IDS["<|audio_eos|>"])
 @pytest.fixture(scope="module")
 def proc():
     return tiny_processor()
+
+
+BACKENDS = [pytest.param("decord", marks=pytest.mark.skipif(importlib.util.find_spec("decord") is None,
+                                                            reason="decord is not installed here")), "av"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Every media test runs with both video backends (the processors here leave the choice to the environment)."""
+    monkeypatch.setenv("AFFECTVERSE_VIDEO_BACKEND", request.param)
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +88,7 @@ def rows_of(batch, key="input_ids"):
 
 
 # -- chat format and labels ----------------------------------------------------------------------------------------
-def test_chat_matches_appendix_a(proc, media):
+def test_chat_matches_appendix_a(proc, media, backend):
     ids = rows_of(proc([sample(media)]))[0]
     text = proc.tokenizer.decode(ids)
     n1, n2 = belief_split(2, proc.num_belief_queries)
@@ -193,7 +204,7 @@ def test_answer_is_never_cut():
     ("corrupt", None, "corrupt"), ("truncated_faststart", None, "truncated or corrupt"),
     ("no_audio", "video", "no audio track"), ("truncated_wav", "wav", "truncated audio"),
 ])
-def test_bad_media_raises_media_error_naming_the_file(proc, media, case, audio, reason):
+def test_bad_media_raises_media_error_naming_the_file(proc, media, case, audio, reason, backend):
     bad = media[case]
     row = {"video": media["good"], "audio": bad} if audio == "wav" else {"video": bad, "audio": audio}
     with pytest.raises(MediaError, match=reason) as info:
@@ -201,12 +212,12 @@ def test_bad_media_raises_media_error_naming_the_file(proc, media, case, audio, 
     assert info.value.path == bad and bad in str(info.value)
 
 
-def test_partial_audio_of_a_truncated_video_is_detected(media):
+def test_partial_audio_of_a_truncated_video_is_detected(media, backend):
     with pytest.raises(MediaError, match="truncated audio"):
         load_audio(media["truncated_faststart"], expected_duration=4.0)
 
 
-def test_loaders(media):
+def test_loaders(media, backend):
     clip = load_video(media["good"])  # 2 s at 6 fps
     assert clip.frames.shape == (6, 224, 224, 3) and clip.frames.dtype == np.uint8 and clip.fps == 3.0
     assert clip.timestamps == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3]) and clip.duration == 2.0
@@ -225,7 +236,7 @@ def test_answer_from_label(label, answer):
     assert answer_from_label(label) == f"The character's emotional state is {answer}."
 
 
-def test_collator_skips_and_records_bad_samples(proc, media):
+def test_collator_skips_and_records_bad_samples(proc, media, backend):
     rows = [{"name": "good", "video": media["good"], "audio": "", "subtitle": "hi", "label": '"happy"'},
             {"name": "broken", "video": media["corrupt"], "audio": "", "subtitle": "hi", "label": '"sad"'},
             {"name": "silent", "video": media["no_audio"], "audio": "", "subtitle": "hi", "label": '"sad"'},
@@ -324,7 +335,7 @@ def test_real_qwen_tokenizer_ids(proc):
     assert real.tokenizer.decode(row[batch["labels"][0] != -100]) == ANSWER + "<|im_end|>"
 
 
-def test_decoded_frames_and_clips_keep_their_fps(proc, media):
+def test_decoded_frames_and_clips_keep_their_fps(proc, media, backend):
     frames = np.zeros((8, 224, 224, 3), np.uint8)
     assert proc({"video": frames, "fps": 6.0})["video_second_per_grid"].tolist() == [pytest.approx(2 / 6)]
     assert proc({"video": frames})["video_second_per_grid"].tolist() == [pytest.approx(2 / 3)]
@@ -348,3 +359,70 @@ def test_cached_generate_equals_uncached_on_real_clips(media, layout):
     assert torch.equal(cached, model.generate(**prompts, use_cache=False, **kw))
     single = model.generate(**proc(samples[1:], training=False), **kw)
     assert torch.equal(cached[1, -5:], single[0, -5:])
+
+
+# -- the standard ways in: apply_chat_template and the stock call (issue 10, item 4) ------------------------------
+def omni_conversation(media, answer=None, audio=True):
+    """A Qwen2.5-Omni conversation as its model card writes them."""
+    user = [{"type": "video", "video": media["good"]}]
+    user += [{"type": "audio", "audio": media["good_wav"]}] if audio else []
+    user += [{"type": "text", "text": "Subtitle: I went to the store this morning.\n" + QUESTION}]
+    conversation = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+                    {"role": "user", "content": user}]
+    return conversation + ([{"role": "assistant", "content": [{"type": "text", "text": answer}]}] if answer else [])
+
+
+def assert_beliefs_at_paper_positions(proc, ids, n_modalities=2):
+    n1, n2 = belief_split(n_modalities, proc.num_belief_queries)
+    beliefs = [i for i, t in enumerate(ids) if t == BELIEF]
+    last_media = max(i for i, t in enumerate(ids) if t in MEDIA_EOS)
+    assert beliefs[:n1] == list(range(last_media + 1, last_media + 1 + n1)) and len(beliefs) == n1 + n2
+    assert proc.tokenizer.decode(ids[: beliefs[n1]]).endswith("<|im_start|>assistant\n")
+
+
+def test_apply_chat_template_returns_model_inputs(proc, media, backend):
+    from modeling_affectverse import AffectVerseForConditionalGeneration
+
+    batch = proc.apply_chat_template(omni_conversation(media), tokenize=True, return_dict=True,
+                                     add_generation_prompt=True)
+    reference = proc(video=media["good"], audio=media["good_wav"], subtitle="I went to the store this morning.")
+    assert torch.equal(batch["input_ids"], reference["input_ids"])
+    assert torch.equal(batch["pixel_values_videos"], reference["pixel_values_videos"])
+    assert_beliefs_at_paper_positions(proc, batch["input_ids"][0].tolist())
+    model = AffectVerseForConditionalGeneration(tiny_config()).eval()
+    tokens = model.generate(**batch, max_new_tokens=2, do_sample=False)
+    assert tokens.shape[1] == batch["input_ids"].shape[1] + 2
+    # the video's own audio track, a training conversation, a batch of two
+    own = proc.apply_chat_template(omni_conversation(media, audio=False), tokenize=True, return_dict=True,
+                                   load_audio_from_video=True)
+    assert torch.equal(own["input_ids"], proc(video=media["good"], audio="video",
+                                              subtitle="I went to the store this morning.")["input_ids"])
+    train = proc.apply_chat_template([omni_conversation(media, ANSWER)] * 2, tokenize=True, return_dict=True)
+    assert proc.tokenizer.decode(train["input_ids"][1][train["labels"][1] != -100]) == ANSWER + "<|im_end|>"
+    assert torch.isfinite(model.train()(**train).loss)
+
+
+def test_apply_chat_template_refuses_what_it_cannot_represent(proc, media):
+    two_turns = omni_conversation(media, ANSWER) + [{"role": "user", "content": "and now?"}]
+    with pytest.raises(ValueError, match="one exchange"):
+        proc.apply_chat_template(two_turns, tokenize=True, return_dict=True)
+    image = [{"role": "user", "content": [{"type": "image", "image": "x.png"}, {"type": "text", "text": "hi"}]}]
+    with pytest.raises(ValueError, match="'image'"):
+        proc.apply_chat_template(image, tokenize=True, return_dict=True)
+    # without tokenize it is the stock template (no beliefs: the text to hand to the stock call below)
+    text = proc.apply_chat_template(omni_conversation(media), add_generation_prompt=True)
+    assert "<|VIDEO|>" in text and "<|belief|>" not in text
+
+
+def test_stock_call_inserts_beliefs_and_never_drops_media(proc, media, backend):
+    text = proc.apply_chat_template(omni_conversation(media), add_generation_prompt=True)
+    stock = proc(text=text, videos=[media["good"]], audio=[media["good_wav"]], return_tensors="pt")
+    reference = proc(video=media["good"], audio=media["good_wav"], subtitle="I went to the store this morning.")
+    assert torch.equal(stock["input_ids"], reference["input_ids"])
+    assert torch.equal(stock["pixel_values_videos"], reference["pixel_values_videos"])
+    assert_beliefs_at_paper_positions(proc, stock["input_ids"][0].tolist())
+    with pytest.raises(ValueError, match="1 videos given but the text has 0"):
+        proc(text="Describe the clip.", videos=[media["good"]])
+    with pytest.raises(ValueError, match="generation prompt"):
+        proc(text=text.removesuffix("<|im_start|>assistant\n"), videos=[media["good"]], audio=[media["good_wav"]])
+    assert proc(text="hello")["input_ids"] == [proc.tokenizer("hello")["input_ids"]]  # text only: unchanged

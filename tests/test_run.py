@@ -57,7 +57,8 @@ def cli_args(inputs, out, *extra) -> list[str]:
 
 
 def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines()
+    """The prediction lines of a store (its header and setting declarations left out)."""
+    return [line for line in path.read_text().splitlines() if '"setting_id"' in line and '"kind"' not in line]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def finished(inputs, tmp_path_factory):
         first = lines(out / run.PREDICTIONS)
         calls_first, scored_early = list(calls), (out / run.SCORES).exists()
         with open(out / run.PREDICTIONS, "a") as fh:
-            fh.write('{"name": "clip_00002", "benchmark": "manif')  # killed mid-write
+            fh.write('{"setting_id": "avt-k1", "name": "clip_00002", "benchmark": "manif')  # killed mid-write
         assert run.main(cli_args(inputs, out)) == 0
         after_resume = lines(out / run.PREDICTIONS)
         calls_resume = calls[len(calls_first):]
@@ -139,6 +140,28 @@ def test_modality_drops_the_input(modality, video, audio):
     assert (no_wav["video"], no_wav["audio"]) == ("", "clip.mp4")  # the video file's own track
 
 
+def test_rerun_with_another_model_or_settings_stops(finished, inputs, tmp_path):
+    """Before: "N already", the old predictions reused, and run.json rewritten with the new model's name."""
+    out = tmp_path / "copy"
+    shutil.copytree(finished.out, out)
+    other = tmp_path / "other_model"
+    shutil.copytree(inputs.model, other)
+    torch.manual_seed(1)
+    AffectVerseForConditionalGeneration(tiny_config()).save_pretrained(other)  # retrained: other weights
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    args = cli_args(inputs, out)
+    with pytest.raises(SystemExit, match=r"model\.fingerprint: '[0-9a-f]+' in the file"):
+        run.main([*args, "--model", str(other)])
+    with pytest.raises(SystemExit, match=r"generation\.max_new_tokens: 3 in the file, 2 now"):
+        run.main([*args, "--max-new-tokens", "2"])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    with pytest.MonkeyPatch.context() as mp:  # --new-run: a fresh folder beside it (generation itself not needed)
+        mp.setattr(run, "predict_to_store", lambda *a, **k: (False, None, 0))
+        assert run.main([*args, "--max-new-tokens", "2", "--new-run"]) == 0
+    assert (tmp_path / "copy-2" / "run.json").is_file()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 # ---------------------------------------------------------------------------------------------- scoring
 def test_closed_set_scores_on_the_clip_labels(finished, inputs, tmp_path):
     """Answers replaced by the ground truth in a copy of the run: a rerun rescores without generating."""
@@ -149,7 +172,9 @@ def test_closed_set_scores_on_the_clip_labels(finished, inputs, tmp_path):
         if r["status"] == "ok" and r["modality"] == "avt" and r["keep_ratio"] == 1.0:
             r["labels"] = [inputs.labels[r["name"]]]  # the manifest's label word
         edited.append(json.dumps(r))
-    (out / run.PREDICTIONS).write_text("\n".join(edited) + "\n")
+    path = out / run.PREDICTIONS
+    head = [line for line in path.read_text().splitlines() if line not in set(lines(path))]  # header, settings
+    path.write_text("\n".join(head + edited) + "\n")
     assert run.main(cli_args(inputs, out)) == 0
     scores = {(s["modality"], s["keep_ratio"]): s for s in json.loads((out / run.SCORES).read_text())["results"]}
     full = scores[("avt", 1.0)]

@@ -1,0 +1,329 @@
+"""benchmarks.engine: the prediction store (header, settings, lock, cut lines), the engine (DataLoader workers,
+per-clip retry, no remote code), progress reporting, scoring of multi-setting files, the module layering."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import engine, hub, store as store_module
+from benchmarks import score as score_cli
+from benchmarks.clips import generate_clips, write_bad_media
+from benchmarks.engine import MODALITIES, Engine, Progress, Setting
+from benchmarks.store import PredictionStore, StoreError
+from benchmarks.tiny import tiny_config, tiny_processor
+from modeling_affectverse import AffectVerseForConditionalGeneration
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = {"model": {"fingerprint": "abc"}, "generation": {"max_new_tokens": 4}}
+AVT = Setting(MODALITIES["avt"])
+
+
+def record(name, setting=AVT, status="ok"):
+    return {**setting.record(), "name": name, "status": status, "labels": []}
+
+
+def store(path, run=RUN, **kw):
+    return PredictionStore(path, run, ("name",), **kw)
+
+
+# ================================================================================================== store
+def test_store_header_settings_and_resume(tmp_path):
+    path = tmp_path / "p.jsonl"
+    with store(path) as s:
+        s.append([record("a"), record("b", status="error")], [AVT.record()])
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert lines[0]["format"] == store_module.FORMAT and lines[0]["run"] == RUN
+    assert lines[1] == {"kind": "setting", "setting_id": "avt-k1", "modality": "avt", "keep_ratio": 1.0}
+    assert [x["setting_id"] for x in lines[2:]] == ["avt-k1", "avt-k1"]
+    with store(path) as s:
+        assert s.done(("avt-k1", "a")) and s.done(("avt-k1", "b")) and not s.done(("avt-k1", "b"), True)
+        assert not s.done((Setting(MODALITIES["vt"]).id, "a"))
+
+
+def test_store_other_settings_name_each_difference(tmp_path):
+    path = tmp_path / "p.jsonl"
+    store(path).close()
+    other = {"model": {"fingerprint": "def"}, "generation": {"max_new_tokens": 8}, "extractor": "llm"}
+    with pytest.raises(StoreError) as err:
+        store(path, other)
+    message = str(err.value)
+    assert "model.fingerprint: 'abc' in the file, 'def' now" in message
+    assert "generation.max_new_tokens: 4 in the file, 8 now" in message and "extractor: '(absent)'" in message
+    assert store_module.fresh_path(path) == tmp_path / "p-2.jsonl" and store_module.fresh_path(tmp_path) == \
+        tmp_path.with_name(tmp_path.name + "-2")
+
+
+def test_store_drops_only_an_unterminated_last_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    with store(path) as s:
+        s.append([record("a"), record("b")], [AVT.record()])
+    complete = path.read_bytes()
+    path.write_bytes(complete + b'{"setting_id": "avt-k1", "name": "c", "sta')
+    with store(path) as s:
+        assert set(s.records) == {("avt-k1", "a"), ("avt-k1", "b")}
+    assert path.read_bytes() == complete
+    lines = complete.decode().splitlines()
+    path.write_text("\n".join(lines[:2] + ["{not json", lines[3]]) + "\n")
+    broken = path.read_bytes()
+    with pytest.raises(StoreError, match=r"line 3: not a prediction record"):
+        store(path)
+    assert path.read_bytes() == broken  # never rewritten
+
+
+@pytest.mark.parametrize("content", ["name,label\nc1,happy\n", '{"name": "c1", "labels": []}\n', "\n\n"])
+def test_store_refuses_another_kind_of_file(tmp_path, content):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(StoreError, match="not an AffectVerse predictions file"):
+        store(path)
+    assert path.read_text() == content and not (tmp_path / "p.jsonl.lock").exists()
+
+
+def test_store_lock_refuses_a_second_writer_and_takes_over_a_stale_lock(tmp_path, caplog):
+    path = tmp_path / "p.jsonl"
+    first = store(path)
+    with pytest.raises(StoreError, match=rf"being written by another process \(pid {os.getpid()}"):
+        store(path)
+    store(path, readonly=True)  # readers need no lock
+    first.close()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "p.jsonl.lock").write_text(f"{dead.pid} {store_module.socket.gethostname()}\n")
+    with caplog.at_level(logging.WARNING), store(path):
+        assert "stale lock" in caplog.text
+    assert not (tmp_path / "p.jsonl.lock").exists()
+
+
+def test_merge_takes_shard_records(tmp_path):
+    main = store(tmp_path / "p.jsonl")
+    main.append([record("a", status="error")], [AVT.record()])
+    with store(store_module.shard_path(tmp_path / "p.jsonl", 1, 2)) as shard:
+        shard.append([record("a"), record("b")], [AVT.record()])
+    assert store_module.shard_files(tmp_path / "p.jsonl") == [tmp_path / "p.shard1of2.jsonl"]
+    with store(tmp_path / "p.shard1of2.jsonl", None) as shard:
+        main.merge(shard)
+    main.close()
+    with store(tmp_path / "p.jsonl") as s:
+        assert {k: r["status"] for k, r in s.records.items()} == {("avt-k1", "a"): "ok", ("avt-k1", "b"): "ok"}
+
+
+# ================================================================================================= engine
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    torch.manual_seed(0)
+    model = AffectVerseForConditionalGeneration(tiny_config()).eval()
+    model.save_pretrained(root / "model")
+    tiny_processor().save_pretrained(root / "model")
+    generate_clips(root / "clips", n_clips=3, seconds=2.0)
+    clips = sorted((root / "clips" / "video").glob("*.mp4"))
+    bad = write_bad_media(root / "bad")
+    rows = [{"name": str(c), "video": str(c), "audio": ""} for c in clips]
+    rows.insert(1, {"name": "broken", "video": str(bad["corrupt"]), "audio": ""})
+    return model, tiny_processor(), rows, root
+
+
+def test_fingerprint_follows_the_weights_not_the_folder(tiny, tmp_path):
+    import shutil
+
+    _, _, _, root = tiny
+    shutil.copytree(root / "model", tmp_path / "copy")
+    record = engine.checkpoint_record(str(root / "model"))
+    assert engine.checkpoint_record(str(tmp_path / "copy")) == record
+    assert record["processor"]["max_length"] == tiny_processor().max_length and "auto_map" not in record["processor"]
+    torch.manual_seed(5)
+    AffectVerseForConditionalGeneration(tiny_config()).save_pretrained(tmp_path / "copy")
+    assert engine.fingerprint(str(tmp_path / "copy")) != record["fingerprint"]
+
+
+def _decode_in(pid_dir):
+    original = engine.decode
+
+    def decode(*args):
+        assert torch.utils.data.get_worker_info() is not None, "decoding in the main process"
+        (pid_dir / str(os.getpid())).touch()
+        return original(*args)
+
+    return decode
+
+
+def test_workers_decode_ahead_and_give_the_same_results(tiny, tmp_path):
+    model, processor, rows, _ = tiny
+    serial = Engine(model, processor, max_new_tokens=3, batch_size=2, num_workers=0)
+    jobs = serial.batches([(AVT, r) for r in rows])
+    expected = [r for _, _, results in serial.run(jobs) for r in results]
+    with mock.patch.object(engine, "decode", _decode_in(tmp_path)):
+        parallel = Engine(model, processor, max_new_tokens=3, batch_size=2, num_workers=2)
+        got = [r for _, _, results in parallel.run(jobs) for r in results]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(got) == strip(expected)
+    assert [r["status"] for r in got] == ["ok", "error", "ok", "ok"] and "corrupt.mp4" in got[1]["reason"]
+    pids = {int(p.name) for p in tmp_path.iterdir()}
+    assert pids and os.getpid() not in pids
+
+
+def test_a_failed_batch_is_retried_clip_by_clip(tiny):
+    model, processor, rows, _ = tiny
+    real, calls = Engine.generate, []
+
+    def generate(self, batch):
+        calls.append(batch["input_ids"].shape[0])
+        if calls[-1] > 1:
+            raise RuntimeError("CUDA out of memory")
+        if len(calls) == 3:  # the second clip that loads
+            raise RuntimeError("bad clip")
+        return real(self, batch)
+
+    eng = Engine(model, processor, max_new_tokens=2, batch_size=4, num_workers=0)
+    with mock.patch.object(Engine, "generate", generate):
+        results = eng.predict(AVT, rows)
+    assert calls == [3, 1, 1, 1]
+    assert [r["status"] for r in results] == ["ok", "error", "error", "ok"]
+    assert "corrupt.mp4" in results[1]["reason"] and results[2]["reason"] == "RuntimeError: bad clip"
+
+
+def test_no_folder_code_runs_unless_asked(tiny, tmp_path):
+    """Before: benchmarks.run loaded the processor with trust_remote_code=True, executing the folder's code."""
+    import shutil
+
+    _, _, rows, root = tiny
+    folder = tmp_path / "model"
+    shutil.copytree(root / "model", folder)
+    marker = tmp_path / "code_ran"
+    future = "from __future__ import annotations\n"
+    for code in folder.glob("*.py"):
+        text = code.read_text()
+        line = f"open({str(marker)!r}, 'a').write({code.name!r})\n"
+        code.write_text(text.replace(future, future + line, 1) if future in text else line + text)
+    model, processor = engine.load_model(str(folder), "cpu", torch.float32)
+    assert type(model).__module__ == "modeling_affectverse" and not marker.exists()
+    from benchmarks import run
+
+    out = tmp_path / "run"
+    assert run.main(["--model", str(folder), "--manifest", str(root / "clips" / "manifest.csv"), "--split", "all",
+                     "--limit", "1", "--modalities", "vt", "--out", str(out), "--max-new-tokens", "1",
+                     "--device", "cpu", "--imagination-clips", "0", "--num-workers", "0"]) == 0
+    assert not marker.exists()
+    engine.load_model(str(folder), "cpu", torch.float32, trust_remote_code=True)
+    assert marker.exists()  # the check above can see code running
+
+
+def test_train_generation_accuracy_counts_a_bad_clip_as_wrong(tiny):
+    """Before: train.py's generation accuracy stopped at the first clip whose media did not load."""
+    import train
+
+    model, processor, rows, _ = tiny
+    data = [{**r, "task": "emotion", "benchmark": "manifest", "label": json.dumps("happy"), "emotion": "happy", "subtitle": ""} for r in rows]
+    result = train.generation_accuracy(model, processor, data, {"manifest": ("happy", "sad")}, 3, 2, batch_size=2)
+    assert result["n"] == 3 and 0 <= result["accuracy"] <= 2 / 3
+    broken = result["examples"][1]
+    assert broken["name"] == "broken" and "corrupt.mp4" in broken["error"] and broken["prediction"] is None
+
+
+# ================================================================================================ progress
+def test_progress_logs_every_five_percent_or_thirty_seconds_when_not_a_terminal(caplog):
+    now = [0.0]
+    progress = Progress(100, "generating", file=io.StringIO(), clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="benchmarks.engine"):
+        for i in range(9):
+            now[0] += 1.0
+            progress.update(["ok"] if i != 3 else ["error"])
+        assert len(caplog.records) == 1  # 5 of 100 clips
+        assert "generating: 5/100 clips (5%), ok 4, error 1, 1.00 clips/s, ETA 00:01:35" in caplog.text
+        now[0] += 40.0
+        progress.update(["ok"])
+        assert len(caplog.records) == 2 and "10/100" in caplog.text  # 10%
+        now[0] += 31.0
+        progress.update(["ok"])
+        assert len(caplog.records) == 3 and "11/100" in caplog.text  # 30 s since the last line
+
+
+def test_progress_bar_shows_description_and_counts_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    progress = Progress(3, "generating", file=screen)
+    progress.update(["ok", "error"])
+    progress.update(["ok"])
+    progress.close()
+    assert "generating" in screen.getvalue() and "ok=2, error=1" in screen.getvalue()
+
+
+# ================================================================================================ scoring
+def test_score_refuses_several_settings_unless_one_is_chosen(tmp_path, capsys):
+    """Before: keyed by name only, the last setting of each clip (here V+T) was scored as if it were A+V+T."""
+    labels = tmp_path / "label.npz"
+    np.savez(labels, test_corpus=np.array({"s1": {"emo": 0, "val": 1.0}, "s2": {"emo": 0, "val": -1.0}},
+                                          dtype=object))
+    vt = Setting(MODALITIES["vt"], 0.5)
+    lines = [{"format": store_module.FORMAT, "version": 1, "run": {}}, {"kind": "setting", **AVT.record()},
+             {"kind": "setting", **vt.record()}]
+    for name, right, wrong in (("s1", "positive", "negative"), ("s2", "negative", "positive")):
+        lines += [{**AVT.record(), "name": name, "benchmark": "mosi", "sentiment": right, "labels": []},
+                  {**vt.record(), "name": name, "benchmark": "mosi", "sentiment": wrong, "labels": []},
+                  {**AVT.record(), "name": name + "x", "benchmark": "meld", "labels": ["happy"]}]
+    preds = tmp_path / "predictions.jsonl"
+    preds.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    base = ["--benchmark", "mosi", "--labels", str(labels), "--predictions", str(preds)]
+    with pytest.raises(SystemExit):
+        score_cli.main(base)
+    assert "2 settings (modality=avt keep_ratio=1, modality=vt keep_ratio=0.5)" in capsys.readouterr().err
+    assert score_cli.main(base + ["--modality", "avt"]) == 0
+    assert json.loads(capsys.readouterr().out)["main_score"] == 100.0
+    assert score_cli.main(base + ["--modality", "vt", "--keep-ratio", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["main_score"] == 0.0
+
+
+def test_eval_summary_reads_benchmarks_run_scores(tmp_path):
+    """Before: ``affectverse export --eval-summary runs/x/scores.json`` failed with "unknown benchmark 'errors'"."""
+    entry = {"task": "emotion", "setting": "A+V+T", "n": 4, "n_errors": 0, "main_metric": "HIT"}
+    scores = {"errors": "...", "results": [
+        {**entry, "benchmark": "mer2023", "modality": "avt", "keep_ratio": 1.0, "main_score": 70.0},
+        {**entry, "benchmark": "mer2023", "modality": "vt", "keep_ratio": 1.0, "main_score": 50.0},
+        {**entry, "benchmark": "mer2023", "modality": "avt", "keep_ratio": 0.5, "main_score": 40.0},
+        {**entry, "benchmark": "mosi", "modality": "avt", "keep_ratio": 1.0, "main_score": 80.0, "acc2": 81.0},
+        {**entry, "benchmark": "manifest", "modality": "avt", "keep_ratio": 1.0, "main_score": 10.0}]}
+    (tmp_path / "scores.json").write_text(json.dumps(scores))
+    reports = hub.read_eval_summary(tmp_path / "scores.json")
+    assert {k: r["main_score"] for k, r in reports.items()} == {"mer2023": 70.0, "mosi": 80.0}
+    with pytest.raises(ValueError, match="no scored MER-UniBench benchmark"):
+        hub.read_eval_summary({"errors": "", "results": scores["results"][-1:]})
+
+
+# ================================================================================================ layering
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(modules imported at module level, modules imported inside functions)."""
+    tree = ast.parse(path.read_text())
+    top, inner = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = {node.module} if isinstance(node, ast.ImportFrom) else {a.name for a in node.names}
+            (top if node.col_offset == 0 else inner).update(n for n in names if n)
+    return top, inner
+
+
+def test_engine_sits_below_its_callers():
+    """Before: the CLI, the report and train.py imported ``to_device`` from benchmarks.run inside functions, and
+    run.py and report.py imported each other."""
+    for file in ("affectverse_cli.py", "train.py", "benchmarks/report.py", "benchmarks/run.py"):
+        top, inner = _imports(ROOT / file)
+        assert "benchmarks.run" not in top | inner or file == "benchmarks/run.py", file
+    assert "benchmarks.run" not in set().union(*_imports(ROOT / "benchmarks" / "report.py"))
+    top, inner = _imports(ROOT / "benchmarks" / "engine.py")
+    assert {m for m in top | inner if m.startswith("benchmarks")} == {"benchmarks.store"}  # nothing above it
+    top, inner = _imports(ROOT / "benchmarks" / "store.py")
+    assert not {m for m in top | inner if m.startswith("benchmarks") or m == "torch"}  # the scorer reads it light
