@@ -537,6 +537,30 @@ def no_main_score_note(results: list[dict]) -> str:
             "table2_closed_set) hold the closed-set alternative.")
 
 
+def manifest_title(manifest: str) -> str:
+    """A figure title for a manifest's samples: its file stem, or its folder's name for a plain manifest.csv."""
+    path = Path(manifest)
+    return f"{path.stem if path.stem != 'manifest' else path.parent.name} (manifest)"
+
+
+def imagination_table(result: dict) -> str:
+    """Table 8 as markdown: per-step cosine and MSE with their 95% bootstrap intervals over clips."""
+    cis = result.get("cosine_ci") or [None] * len(result["cosine_per_step"])
+    mse = result.get("mse_per_step") or [None] * len(cis)
+    mse_cis = result.get("mse_ci") or [None] * len(cis)
+
+    def cell(value, ci, digits=4):
+        if value is None:
+            return MISSING
+        return f"{value:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+    rows = [[f"step {i + 1}", cell(c, ci), cell(m, mci)]
+            for i, (c, ci, m, mci) in enumerate(zip(result["cosine_per_step"], cis, mse, mse_cis))]
+    note = (f"Imagination quality at κ = {result['keep_ratio']:g} on {result['n_clips']} held-out clips: mean and 95% "
+            "bootstrap interval over clips.")
+    return _markdown(["Rollout step", "cosine ↑", "MSE ↓"], rows) + "\n" + note
+
+
 def write_report(run_dir) -> list[Path]:
     """Write the tables, plots and ``report.md`` of a run folder; return the written paths."""
     run = Path(run_dir)
@@ -563,15 +587,18 @@ def write_report(run_dir) -> list[Path]:
             written += _write(run / f"{stem}{suffix}", header, rows, note)
             page += [f"## {title} layout: {METRICS[metric][1]}", "", _markdown(header, rows), note, ""]
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
-    names = {"manifest": f"{Path(info['manifest']).parent.name} (manifest)"} if info.get("manifest") else {}
+    names = {"manifest": manifest_title(info["manifest"])} if info.get("manifest") else {}
     written.append(plot_robustness(results, run / "robustness.png", names))
     page += ["## Figures", "", "![keep-ratio robustness](robustness.png)", ""]
     for name, plot, png, caption in (("imagination.json", plot_imagination, "imagination.png", "imagination (Table 8)"),
                                      ("belief_attention.json", plot_belief_attention, "belief_attention.png",
                                       "MAMA attention (Figure 3)")):
         if (run / name).is_file():
-            written.append(plot(json.loads((run / name).read_text()), run / png))
+            data = json.loads((run / name).read_text())
+            written.append(plot(data, run / png))
             page += [f"![{caption}]({png})", ""]
+            if name == "imagination.json":
+                page += [imagination_table(data), ""]
         else:
             logger.warning("%s: missing; %s not drawn", run / name, png)
     (run / "report.md").write_text("\n".join(page), encoding="utf-8")

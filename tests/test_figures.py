@@ -89,3 +89,13 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_n():
     assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
     assert hi_l - lo_l < (hi_s - lo_s) / 4
     assert report.bootstrap_interval(lambda i: 0.0, 0) is None
+
+
+def test_report_names_a_manifest_by_its_folder_and_tabulates_imagination():
+    assert report.manifest_title("/data/temporal_clips/manifest.csv") == "temporal_clips (manifest)"
+    assert report.manifest_title("runs/meld_subset.jsonl") == "meld_subset (manifest)"
+    table = report.imagination_table({"keep_ratio": 0.7, "n_clips": 8, "cosine_per_step": [0.9233, 0.9243],
+                                      "cosine_ci": [[0.921, 0.925], [0.922, 0.926]], "mse_per_step": [0.1, 0.11],
+                                      "mse_ci": [[0.09, 0.11], [0.1, 0.12]]})
+    assert "| step 2 | 0.9243 [0.9220, 0.9260] | 0.1100 [0.1000, 0.1200] |" in table
+    assert "κ = 0.7 on 8 held-out clips" in table
