@@ -1,3 +1,4 @@
+# Copyright 2026 The AffectVerse authors. Licensed under the Apache License, Version 2.0.
 """AffectVerse configuration: the Qwen2.5-Omni thinker config plus the Emotion World Module (EWM).
 
 Remote code: imports only transformers (``save_pretrained`` copies this file into every checkpoint).

@@ -6,8 +6,6 @@ group right after the last audio/video block, the second right before the answer
 text to ``get_rope_index``, so belief tokens get text positions and audio/video keep theirs.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 
@@ -16,7 +14,10 @@ from torch import nn
 from transformers import GenerationMixin, Qwen2_5OmniThinkerForConditionalGeneration
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.initialization import constant_, normal_
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 
 try:  # remote code: a package in transformers' module cache
     from .configuration_affectverse import AffectVerseConfig
@@ -37,26 +38,24 @@ register_checkpoint_conversion_mapping(
 
 
 @dataclass
-class AffectVerseOutput(ModelOutput):
-    """Output of [`AffectVerseForConditionalGeneration`].
+class AffectVerseOutput(MultimodalCausalLMOutputWithPast):
+    """Output of [`AffectVerseForConditionalGeneration`]: the stock thinker's fields first (so tuple indices with
+    ``return_dict=False`` match it), then AffectVerse's own.
 
     Args:
         loss: total loss L_lm + lambda * L_img (Eq. 10), when ``labels`` are given.
-        lm_loss: cross-entropy on the answer tokens (Eq. 9).
-        imagination_loss: Eq. 21; None at inference or without imagination.
         logits: `(B, L', vocab)` over the sequence the language model saw (belief tokens included; in training
             the truncated sequence, see ``labels``).
+        cache, hidden_states, attentions: as the stock thinker's, over that same sequence.
+        lm_loss: cross-entropy on the answer tokens (Eq. 9).
+        imagination_loss: Eq. 21; None at inference or without imagination.
         labels: the labels aligned with ``logits`` (training rebuilds them after truncation).
         imagination_cosine: `(S,)` mean cosine of each rollout step with the future (Table 8), on request.
         belief_attention: `(B, 2*N_b, 2*S*N_s)` MAMA weights, video memory first (Figure 3), on request.
     """
 
-    loss: torch.FloatTensor | None = None
     lm_loss: torch.FloatTensor | None = None
     imagination_loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cache: object | None = None
-    hidden_states: tuple | None = None
     labels: torch.LongTensor | None = None
     imagination_cosine: torch.FloatTensor | None = None
     belief_attention: torch.FloatTensor | None = None
@@ -68,9 +67,12 @@ class _Prepared:
 
     embeds: torch.Tensor  # (B, L', d)
     attention_mask: torch.Tensor  # (B, L')
-    position_ids: torch.Tensor  # (3, B, L')
+    position_ids: torch.Tensor  # (3 or 4, B, L')
     labels: torch.Tensor | None
     ewm: object | None
+    cached: int = 0  # leading columns whose keys/values pass 1 already wrote into the generation cache
+    compacted: bool = False  # tokens were removed (training): mask and positions are rebuilt
+    image_outputs: object | None = None
 
 
 def _left_align(values, mask, length):
@@ -82,7 +84,25 @@ def _left_align(values, mask, length):
     return out
 
 
-class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGeneration):
+def _padding_mask(attention_mask, length):
+    """The `(B, length)` 0/1 padding mask behind a 2D, 4D or per-layer-type dict mask (``generate`` builds the
+    latter two for static caches); None when there is none. A 4D mask's last query row sees every real key."""
+    if isinstance(attention_mask, dict):
+        attention_mask = attention_mask.get("full_attention", next(iter(attention_mask.values())))
+    if attention_mask is None or attention_mask.ndim == 2:
+        return attention_mask
+    last = attention_mask[:, 0, -1, :length]
+    return (last if last.dtype == torch.bool else last == 0).long()
+
+
+def _crop(cache, length):
+    """Keep the first ``length`` positions of a cache (transformers' ``crop`` takes minus the count to remove)."""
+    remove = cache.get_seq_length() - length
+    if remove > 0:
+        cache.crop(-remove)
+
+
+class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGeneration, GenerationMixin):  # named: HF's check
     r"""Qwen2.5-Omni thinker + Emotion World Module (section 3, Algorithm 1).
 
     Training (``model.train()``, ``labels`` given): a no-grad thinker pass over the prompt prefix gives the
@@ -130,9 +150,10 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
     # -- inputs ----------------------------------------------------------------------------------------------------
     def _embed(self, input_ids, input_features=None, feature_attention_mask=None, pixel_values=None,
                image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None):
-        """Token embeddings with audio/image/video encoder features scattered into their placeholders; (B, L, d)."""
+        """Token embeddings with audio/image/video encoder features scattered into their placeholders, (B, L, d),
+        and the image encoder's output (the stock thinker returns it as ``image_outputs``)."""
         embeds = self.get_input_embeddings()(input_ids)
-        media = []
+        media, image = [], None
         if input_features is not None:
             audio = self.model.get_audio_features(input_features, feature_attention_mask, return_dict=True)
             media.append((self.config.audio_token_id, audio.last_hidden_state, "audio"))
@@ -150,7 +171,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                     f"{name} tokens, the encoder produced {features.shape[0]} features"
                 )
             embeds = embeds.masked_scatter(mask[..., None], features.to(embeds.dtype))
-        return embeds
+        return embeds, image
 
     def _positions(self, input_ids, attention_mask, image_grid_thw, video_grid_thw, feature_attention_mask,
                    use_audio_in_video, video_second_per_grid):
@@ -173,7 +194,8 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 f"sample {b}: input_ids hold {int(found[b])} <|belief|> placeholder tokens (id "
                 f"{self.config.belief_token_id}) but its {int(n_modalities[b])} audio/video modalities with "
                 f"belief_construction={self.config.belief_construction!r} need {int(expected[b])}; build inputs "
-                "with AffectVerseProcessor from this model's config"
+                "with AffectVerseProcessor from this model's config (a packed row needs `(4, 1, L)` position_ids "
+                "whose text row restarts at 0 for each prompt, and no attention_mask)"
             )
 
     def _prefix_end(self, input_ids):
@@ -182,29 +204,25 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         idx = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
         return (av * idx).amax(1)
 
-    def _observe(self, embeds, attention_mask, position_ids, prefix_len, use_cache=False):
-        """Pass 1: the thinker over the prompt prefix; the hidden layer the EWM reads and the cache."""
+    def _observe(self, embeds, attention_mask, position_ids, prefix_len, cache=None):
+        """Pass 1: the thinker over the prompt prefix; the hidden layer the EWM reads. With ``cache`` (an empty
+        generation cache) its keys/values are written there for reuse."""
         layer = self.config.ewm_hidden_layer
         out = self.model.language_model(
             inputs_embeds=embeds[:, :prefix_len], attention_mask=attention_mask[:, :prefix_len],
-            position_ids=position_ids[:, :, :prefix_len], use_cache=use_cache,
-            output_hidden_states=layer != -1, return_dict=True,
+            position_ids=position_ids[..., :prefix_len], cache=cache, use_cache=cache is not None,
+            output_hidden_states=layer != -1, output_attentions=False, return_dict=True,
         )
-        hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-        return hidden, out.cache
+        return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
 
     # -- the EWM pass ----------------------------------------------------------------------------------------------
-    def _prepare(self, input_ids, attention_mask, labels, media, need_weights=False, reuse_cache=False):
-        """Embed, run the EWM and inject beliefs (Algorithm 1 steps 2-13). Returns (_Prepared, pass-1 cache)."""
+    def _prepare(self, input_ids, attention_mask, position_ids, labels, media, need_weights=False, cache=None):
+        """Embed, run the EWM and inject beliefs (Algorithm 1 steps 2-13). ``attention_mask`` `(B, L)`,
+        ``position_ids`` `(3 or 4, B, L)`. With ``cache``, pass 1 fills its leading columns (see ``cached``)."""
         cfg = self.config
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        embeds = self._embed(input_ids, **{k: media.get(k) for k in (
+        embeds, image_outputs = self._embed(input_ids, **{k: media.get(k) for k in (
             "input_features", "feature_attention_mask", "pixel_values", "image_grid_thw",
             "pixel_values_videos", "video_grid_thw")})
-        position_ids, _ = self._positions(input_ids, attention_mask, media.get("image_grid_thw"),
-                                          media.get("video_grid_thw"), media.get("feature_attention_mask"),
-                                          media.get("use_audio_in_video"), media.get("video_second_per_grid"))
         is_video, is_audio = input_ids == cfg.video_token_id, input_ids == cfg.audio_token_id
         video_len, audio_len = is_video.sum(1), is_audio.sum(1)  # (B,)
         has_video, has_audio = video_len > 0, audio_len > 0
@@ -233,13 +251,17 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
             drop_video = drop & (torch.rand(both.shape, device=both.device) < 0.5)
             use_video, use_audio = use_video & ~drop_video, use_audio & ~(drop & ~drop_video)
 
-        ewm_out, cache = None, None
+        ewm_out, cached = None, 0
         if self.ewm is not None:
             prefix = int(self._prefix_end(input_ids).max())
             video = audio = embeds.new_zeros(embeds.shape[0], 1, embeds.shape[-1])  # "random" reads nothing
             if cfg.uses_ewm and prefix > 0:
                 with torch.no_grad():  # targets and inputs of the EWM are detached (Algorithm 1, step 2)
-                    hidden, cache = self._observe(embeds, attention_mask, position_ids, prefix, reuse_cache)
+                    hidden = self._observe(embeds, attention_mask, position_ids, prefix, cache)
+                if cache is not None:  # keys/values stay valid up to the first belief placeholder of any row
+                    beliefs = (input_ids[:, :prefix] == cfg.belief_token_id).any(0).nonzero()
+                    cached = int(beliefs[0]) if len(beliefs) else prefix
+                    _crop(cache, cached)
                 video = _left_align(hidden, is_video[:, :prefix], int(video_len.max()))
                 audio = _left_align(hidden, is_audio[:, :prefix], int(audio_len.max()))
             ewm_out = self.ewm(video, video_len, video_past, audio, audio_len, audio_past, use_video, use_audio,
@@ -252,8 +274,10 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         if ewm_out is not None:
             keep, embeds = self._inject(input_ids, embeds, keep, n_modalities, use_video, use_audio, ewm_out)
         if bool((keep == attention_mask.bool()).all()):
-            return _Prepared(embeds, attention_mask, position_ids, labels, ewm_out), cache
-        return self._compact(embeds, keep, position_ids, labels, ewm_out), cache
+            return _Prepared(embeds, attention_mask, position_ids, labels, ewm_out, cached, image_outputs=image_outputs)
+        if cached:
+            raise RuntimeError("tokens were removed after pass 1 filled the cache")  # training never reuses it
+        return self._compact(embeds, keep, position_ids, labels, ewm_out)
 
     def _inject(self, input_ids, embeds, keep, n_modalities, use_video, use_audio, ewm_out):
         """Scatter beliefs into their placeholders (Eq. 8, 20); after modality dropout a row keeps the first
@@ -286,124 +310,169 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         positions = torch.where(attention_mask.bool()[None], positions, torch.ones_like(positions))
         if labels is not None:
             labels = _left_align(labels + 100, keep, length) - 100  # padding becomes -100
-        return _Prepared(embeds, attention_mask, positions, labels, ewm_out)
+        return _Prepared(embeds, attention_mask, positions, labels, ewm_out, compacted=True)
 
     # -- forward ---------------------------------------------------------------------------------------------------
-    def _language_model(self, embeds, attention_mask, position_ids, cache, use_cache, logits_to_keep, labels,
-                        **kwargs):
-        out = self.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                        position_ids=position_ids, cache=cache, use_cache=use_cache,
-                                        return_dict=True, **kwargs)
-        hidden = out.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
+    def _injects_beliefs(self, input_ids, inputs_embeds, cache, input_features, pixel_values_videos):
+        """Beliefs are built on a prompt's first pass: ids and audio/video given, nothing cached yet. Decoding
+        steps, ``inputs_embeds`` and ``belief_construction="none"`` take the stock thinker's path unchanged."""
+        return (self.ewm is not None and inputs_embeds is None and input_ids is not None
+                and (input_features is not None or pixel_values_videos is not None)
+                and (cache is None or cache.get_seq_length() == 0))
+
+    def _head(self, hidden, logits_to_keep, labels, **kwargs):
+        """lm_head on the kept positions (int: the last ones, 0 for all; or a tensor of indices) and the LM loss.
+        With beliefs the ``<|belief|>`` placeholder is never predicted (its logit is the dtype's minimum)."""
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep])
+        if self.ewm is not None:  # a generated placeholder would take a belief at the next uncached step
+            logits[..., self.config.belief_token_id] = torch.finfo(logits.dtype).min
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
-        return out, logits, loss
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
+                                      **kwargs)
+        return logits, loss
 
+    def _reuses_prefix(self, cache, use_cache, labels, logits_to_keep, kwargs):
+        """Whether pass 1 may write its keys/values into the generation cache: an empty croppable cache, a call
+        that needs only the last logits (``generate``) and no per-position outputs (hidden states, attentions).
+        The caller also requires a 2D mask or none (``generate`` drops an all-ones mask)."""
+        wants_all = any(kwargs.get(k, getattr(self.config, k, False)) for k in ("output_hidden_states",
+                                                                               "output_attentions"))
+        return (cache is not None and not cache.is_compileable and use_cache is not False and labels is None
+                and not self.training and isinstance(logits_to_keep, int) and logits_to_keep > 0 and not wants_all)
+
+    @staticmethod
+    def _is_packed(input_ids, position_ids):
+        """A padding-free row holding several prompts: `(4, 1, L)` positions whose text row restarts at 0."""
+        return (input_ids.shape[0] == 1 and position_ids.ndim == 3 and position_ids.shape[0] == 4
+                and int((position_ids[0, 0] == 0).sum()) > 1)
+
+    def _prepare_packed(self, input_ids, position_ids, labels, media, need_weights):
+        """Beliefs for a packed row: unpack it into one right-padded row per prompt (its text positions restart at
+        0), build each prompt's beliefs, and pack the embeddings back; the stock packed attention does the rest."""
+        if self.training and labels is not None:
+            raise ValueError("packed (padding-free) rows cannot be truncated for training; pass a padded batch")
+        seg = (position_ids[0, 0] == 0).long().cumsum(0) - 1  # (L,) prompt index of each token
+        lengths = torch.bincount(seg)
+        col = torch.arange(seg.shape[0], device=seg.device) - (lengths.cumsum(0) - lengths)[seg]  # (L,)
+        shape = (len(lengths), int(lengths.max()))
+        ids = input_ids.new_full(shape, self.config.text_config.pad_token_id or 0)
+        ids[seg, col] = input_ids[0]
+        mask = torch.zeros_like(ids)
+        mask[seg, col] = 1
+        positions = position_ids.new_ones(3, *shape)
+        positions[:, seg, col] = position_ids[1:, 0]
+        prepared = self._prepare(ids, mask, positions, None, media, need_weights=need_weights)
+        prepared.embeds = prepared.embeds[seg, col][None]  # (1, L, d): placeholder order is unchanged
+        prepared.position_ids, prepared.labels = position_ids, labels
+        return prepared
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(self, input_ids=None, input_features=None, pixel_values=None, pixel_values_videos=None,
                 image_grid_thw=None, video_grid_thw=None, attention_mask=None, feature_attention_mask=None,
                 audio_feature_lengths=None, position_ids=None, cache=None, inputs_embeds=None, labels=None,
                 use_cache=None, use_audio_in_video=None, video_second_per_grid=None, logits_to_keep=0,
-                output_imagination=False, output_belief_attention=False, past_key_values=None, return_dict=None,
-                **kwargs):
-        r"""Two-pass forward (Algorithm 1).
+                output_imagination=False, output_belief_attention=False, reuse_prefix_cache=True,
+                **kwargs: Unpack[TransformersKwargs]):
+        r"""Two-pass forward (Algorithm 1); the stock thinker's forward where no beliefs are built.
 
         Args:
             input_ids (`torch.LongTensor` of shape `(B, L)`): ids from [`AffectVerseProcessor`], with audio/video
                 and `<|belief|>` placeholders.
-            attention_mask (`torch.LongTensor` of shape `(B, L)`), labels (`(B, L)`, -100 outside the answer).
+            attention_mask (`torch.LongTensor` of shape `(B, L)`, or a 4D float mask), labels (`(B, L)`, -100
+                outside the answer).
+            position_ids (`(3, B, L)` or `(4, B, L)` with text positions first, as the stock thinker): used as
+                given (packed batches); computed with `get_rope_index` otherwise.
             input_features, feature_attention_mask, pixel_values_videos, video_grid_thw, video_second_per_grid,
             use_audio_in_video: the stock Qwen2.5-Omni media inputs.
-            inputs_embeds / cache: given by `generate` after belief injection; the forward then runs the
-                language model alone with the given `position_ids`.
+            cache (`Cache`): the KV cache (`past_key_values` is the deprecated alias, as in the stock thinker).
             logits_to_keep (`int`): compute logits for the last positions only (0: all).
+            output_hidden_states / output_attentions / return_dict: as the stock thinker, over the sequence the
+                language model saw (belief tokens included).
             output_imagination (`bool`): return the per-step imagination cosine (Table 8) in training mode.
             output_belief_attention (`bool`): return the MAMA attention weights (Figure 3).
+            reuse_prefix_cache (`bool`): in `generate`, let pass 1 prefill the cache (False: the naive two-pass).
         """
-        cache = cache if cache is not None else past_key_values
-        if inputs_embeds is not None or (cache is not None and cache.get_seq_length() > 0):
-            if inputs_embeds is None:
-                inputs_embeds = self.get_input_embeddings()(input_ids)
-            out, logits, loss = self._language_model(inputs_embeds, attention_mask, position_ids, cache, use_cache,
-                                                     logits_to_keep, labels, **kwargs)
-            return AffectVerseOutput(loss=loss, lm_loss=loss, logits=logits, cache=out.cache, labels=labels)
-
         media = dict(input_features=input_features, feature_attention_mask=feature_attention_mask,
                      pixel_values=pixel_values, image_grid_thw=image_grid_thw,
                      pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
                      use_audio_in_video=use_audio_in_video, video_second_per_grid=video_second_per_grid)
-        prepared, _ = self._prepare(input_ids, attention_mask, labels, media, need_weights=output_belief_attention)
-        out, logits, lm_loss = self._language_model(prepared.embeds, prepared.attention_mask, prepared.position_ids,
-                                                    None, use_cache, logits_to_keep, prepared.labels, **kwargs)
+        if not self._injects_beliefs(input_ids, inputs_embeds, cache, input_features, pixel_values_videos):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             audio_feature_lengths=audio_feature_lengths, position_ids=position_ids, cache=cache,
+                             inputs_embeds=inputs_embeds, use_cache=use_cache, **media, **kwargs)
+            logits, loss = self._head(out.last_hidden_state, logits_to_keep, labels, **kwargs)
+            return AffectVerseOutput(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states,
+                                     attentions=out.attentions, image_outputs=out.image_outputs, lm_loss=loss)
+
+        mask2d = _padding_mask(attention_mask, input_ids.shape[1])
+        if position_ids is None:  # as the stock thinker; its rope deltas serve later cached calls
+            position_ids, self.model.rope_deltas = self._positions(
+                input_ids, mask2d if mask2d is not None else torch.ones_like(input_ids), image_grid_thw,
+                video_grid_thw, feature_attention_mask, use_audio_in_video, video_second_per_grid)
+        elif position_ids.ndim == 2:
+            position_ids = position_ids[None].expand(3, -1, -1)
+        plain_mask = attention_mask is None or (torch.is_tensor(attention_mask) and attention_mask.ndim == 2)
+        reuse = reuse_prefix_cache and plain_mask and self._reuses_prefix(cache, use_cache, labels, logits_to_keep,
+                                                                          kwargs)
+        if attention_mask is None and self._is_packed(input_ids, position_ids):
+            prepared = self._prepare_packed(input_ids, position_ids, labels, media, output_belief_attention)
+        else:
+            prepared = self._prepare(input_ids, mask2d if mask2d is not None else torch.ones_like(input_ids),
+                                     position_ids, labels, media, need_weights=output_belief_attention,
+                                     cache=cache if reuse else None)
+        c = min(prepared.cached, prepared.embeds.shape[1] - (logits_to_keep if reuse else 0))
+        if c < prepared.cached:
+            _crop(cache, c)
+        pass2_mask = prepared.attention_mask if prepared.compacted else attention_mask
+        out = self.model(inputs_embeds=prepared.embeds[:, c:], attention_mask=pass2_mask,
+                         position_ids=prepared.position_ids[..., c:], cache=cache, use_cache=use_cache, **kwargs)
+        logits, lm_loss = self._head(out.last_hidden_state, logits_to_keep, prepared.labels, **kwargs)
         ewm = prepared.ewm
         img_loss = ewm.imagination_loss if ewm is not None else None
         loss = lm_loss
         if lm_loss is not None and img_loss is not None:
             loss = lm_loss + self.config.imagination_loss_weight * img_loss  # Eq. 10
         return AffectVerseOutput(
-            loss=loss, lm_loss=lm_loss, imagination_loss=img_loss, logits=logits, cache=out.cache,
-            labels=prepared.labels,
+            loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states, attentions=out.attentions,
+            image_outputs=prepared.image_outputs, lm_loss=lm_loss, imagination_loss=img_loss, labels=prepared.labels,
             imagination_cosine=ewm.imagination_cosine if ewm is not None and output_imagination else None,
             belief_attention=ewm.attention if ewm is not None and output_belief_attention else None,
         )
 
     # -- generation ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _mid_pad(input_ids, attention_mask, prefix_end, pad_id):
-        """Re-lay each row as [pads, prefix | pads, suffix] so every prefix ends at one column P (notes:
-        "mid-padding"); returns ids, mask and P. Media placeholders keep their order, so media tensors stay valid."""
-        rows = []
-        for ids, mask, p_end in zip(input_ids, attention_mask.bool(), prefix_end):
-            real = ids[mask]
-            start = int(mask.long().argmax()) if mask.any() else 0  # first real token (left padding)
-            p = max(int(p_end) - start, 0)
-            rows.append((real[:p], real[p:]))
-        p_max = max(len(r[0]) for r in rows)
-        s_max = max(len(r[1]) for r in rows)
-        new_ids = input_ids.new_full((len(rows), p_max + s_max), pad_id)
-        new_mask = torch.zeros_like(new_ids)
-        for b, (prefix, suffix) in enumerate(rows):
-            new_ids[b, p_max - len(prefix):p_max], new_mask[b, p_max - len(prefix):p_max] = prefix, 1
-            new_ids[b, p_max + s_max - len(suffix):], new_mask[b, p_max + s_max - len(suffix):] = suffix, 1
-        return new_ids, new_mask, p_max
-
-    @torch.no_grad()
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        """`generate` with belief injection: one prefix pass feeds the EWM and its KV cache is reused.
-
-        Accepts the processor's outputs (left padding). Returns ids laid out like the input followed by the new
-        tokens, as the stock `generate` does. ``use_cache=False`` recomputes everything at every step (slow; the
-        reference for tests).
-        """
-        media_keys = ("input_features", "feature_attention_mask", "pixel_values", "image_grid_thw",
-                      "pixel_values_videos", "video_grid_thw", "use_audio_in_video", "video_second_per_grid")
-        media = {k: kwargs.pop(k, None) for k in media_keys}
-        kwargs.pop("audio_feature_lengths", None)
-        reuse_prefix = kwargs.pop("reuse_prefix_cache", True)  # False: the naive two-pass design (benchmarks)
-        if input_ids is None or kwargs.get("use_cache") is False or kwargs.get("inputs_embeds") is not None:
-            return super().generate(input_ids=input_ids, attention_mask=attention_mask,
-                                    **{k: v for k, v in media.items() if v is not None}, **kwargs)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        pad_id = self.generation_config.pad_token_id
-        pad_id = pad_id if pad_id is not None else self.config.text_config.pad_token_id or 0
-        ids, mask, p_max = self._mid_pad(input_ids, attention_mask, self._prefix_end(input_ids), pad_id)
-        reuse = reuse_prefix and self.ewm is not None and self.config.uses_ewm and p_max > 0
-        prepared, cache = self._prepare(ids, mask, None, media, reuse_cache=reuse)
-        if not reuse:  # no prefix pass to reuse: prefill everything in the first step
-            cache = None
-        sequences = GenerationMixin.generate(
-            self, input_ids=ids, attention_mask=mask, inputs_embeds=prepared.embeds,
-            position_ids=prepared.position_ids, cache=cache, **kwargs)
-        tokens = sequences.sequences if hasattr(sequences, "sequences") else sequences
-        tokens = torch.cat([input_ids, tokens[:, ids.shape[1]:]], dim=1)
-        if hasattr(sequences, "sequences"):
-            sequences.sequences = tokens
-            return sequences
-        return tokens
-
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """The stock expansion (beams, ``num_return_sequences``), but image/video patches, grids and seconds per
+        grid are repeated per sample, a sample's items together: repeating each patch row scrambles the frames."""
+        if expand_size == 1 or input_ids is None:
+            return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        visual = {}
+        for token_id, keys in ((self.config.image_token_id, ("pixel_values", "image_grid_thw")),
+                               (self.config.video_token_id, ("pixel_values_videos", "video_grid_thw",
+                                                             "video_second_per_grid"))):
+            grid = model_kwargs.get(keys[1])
+            if model_kwargs.get(keys[0]) is None or grid is None:
+                continue
+            patches = grid.prod(-1)  # (n_items,) patch rows of each image/video
+            tokens = (patches // self.config.vision_config.spatial_merge_size ** 2).cumsum(0)
+            ends = (input_ids == token_id).sum(1).cumsum(0)  # (B,) placeholder count up to each sample
+            if int(ends[-1]) != int(tokens[-1]):  # ids without the placeholders (e.g. with inputs_embeds): as stock
+                continue
+            owner = torch.searchsorted(ends, tokens)  # (n_items,) the sample each item belongs to
+            for key in keys:
+                value = model_kwargs.get(key)
+                if not torch.is_tensor(value):
+                    continue
+                rows = patches if key.startswith("pixel") else torch.ones_like(patches)
+                chunks = value.split(rows.tolist())
+                samples = [[c for c, o in zip(chunks, owner.tolist()) if o == b] for b in range(input_ids.shape[0])]
+                visual[key] = torch.cat([c for items in samples for _ in range(expand_size) for c in items])
+                model_kwargs.pop(key)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        return input_ids, {**model_kwargs, **visual}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save safetensors, the code files and an ``auto_map`` naming both AutoModelForCausalLM and AutoModel."""

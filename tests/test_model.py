@@ -22,6 +22,20 @@ def model_for(**overrides):
     return AffectVerseForConditionalGeneration(tiny(**overrides))
 
 
+def prepare(model, batch):
+    """The EWM pass alone (no language-model pass 2): positions as the forward computes them, then `_prepare`."""
+    positions, _ = model._positions(batch["input_ids"], batch["attention_mask"], batch.get("image_grid_thw"),
+                                    batch.get("video_grid_thw"), batch.get("feature_attention_mask"),
+                                    batch.get("use_audio_in_video"), batch.get("video_second_per_grid"))
+    return model._prepare(batch["input_ids"], batch["attention_mask"], positions, batch["labels"], batch)
+
+
+def logits_of(model, embeds, mask, positions):
+    """The language model + lm_head over given embeddings (pass 2 alone)."""
+    return model._head(model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                   use_cache=False).last_hidden_state, 0, None)[0]
+
+
 def suppress(cfg):
     return [cfg.video_token_id, cfg.audio_token_id, cfg.image_token_id, cfg.belief_token_id]
 
@@ -97,7 +111,7 @@ def test_training_truncates_each_modality_to_its_past():
     cfg = tiny(keep_ratio_min=0.5, keep_ratio_max=0.5, modality_dropout=0.0)
     model = AffectVerseForConditionalGeneration(cfg).train()
     batch = build_batch(cfg, [(2, 40)])
-    prepared, _ = model._prepare(batch["input_ids"], batch["attention_mask"], batch["labels"], batch)
+    prepared = prepare(model, batch)
     n_video, n_audio = 8, 10  # 2 grids x 4 tokens; 40 mel frames -> 10 tokens
     assert prepared.embeds.shape[1] == batch["input_ids"].shape[1] - (n_video - 4) - (n_audio - 5)
     # labels are carried along: the same answer tokens, nothing else supervised
@@ -316,10 +330,9 @@ def test_removing_the_future_equals_masking_it(monkeypatch):
     monkeypatch.setattr(AffectVerseForConditionalGeneration, "_compact", staticmethod(spy))
     batch = build_batch(model.config, [(2, 40), (3, 0), (0, 0)])
     with torch.no_grad():
-        prepared, _ = model._prepare(batch["input_ids"], batch["attention_mask"], batch["labels"], batch)
-        short = model._language_model(prepared.embeds, prepared.attention_mask, prepared.position_ids, None,
-                                      False, 0, None)[1]
-        full = model._language_model(seen["embeds"], seen["keep"].long(), seen["positions"], None, False, 0, None)[1]
+        prepared = prepare(model, batch)
+        short = logits_of(model, prepared.embeds, prepared.attention_mask, prepared.position_ids)
+        full = logits_of(model, seen["embeds"], seen["keep"].long(), seen["positions"])
     assert not seen["keep"][batch["attention_mask"].bool()].all()  # something was removed
     for b in range(full.shape[0]):
         n = int(seen["keep"][b].sum())
@@ -336,3 +349,214 @@ def test_a_generate_call_leaves_no_stale_state_for_the_next_forward():
                        do_sample=False, suppress_tokens=suppress(model.config))
         after = model(**batch).logits
     torch.testing.assert_close(before, after)
+
+
+# -- Hugging Face conformance (issue 10 items 1-3) -----------------------------------------------------------------
+def _stock_twin(model):
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    cfg = Qwen2_5OmniThinkerConfig(**{k: v for k, v in model.config.to_dict().items() if k != "model_type"})
+    stock = Qwen2_5OmniThinkerForConditionalGeneration(cfg).eval()
+    stock.load_state_dict(model.state_dict(), strict=False)
+    return stock
+
+
+def _gen_batch(cfg, specs=((2, 40), (1, 0))):
+    return build_batch(cfg, list(specs), padding="left", generation=True)
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_forward_returns_hidden_states_attentions_and_tuples(construction):
+    model = model_for(belief_construction=construction).eval()
+    model.set_attn_implementation("eager")
+    batch = build_batch(model.config, [(2, 40), (1, 0)])
+    batch.pop("labels")
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=True, output_attentions=True)
+        as_tuple = model(**batch, return_dict=False)
+    b, length = batch["input_ids"].shape
+    n_layers, heads = model.config.text_config.num_hidden_layers, model.config.text_config.num_attention_heads
+    assert len(out.hidden_states) == n_layers + 1 and out.hidden_states[0].shape[:2] == (b, length)
+    assert len(out.attentions) == n_layers and out.attentions[0].shape == (b, heads, length, length)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.logits)
+    if construction == "none":  # the stock thinker's fields, bit for bit
+        with torch.no_grad():
+            theirs = _stock_twin(model)(**batch, output_hidden_states=True)
+        torch.testing.assert_close(out.hidden_states[-1], theirs.hidden_states[-1])
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_generate_dict_outputs_with_hidden_states_and_attentions(construction):
+    model = model_for(belief_construction=construction).eval()
+    model.set_attn_implementation("eager")
+    batch = _gen_batch(model.config)
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
+                         output_hidden_states=True, output_attentions=True, output_scores=True)
+    n_layers = model.config.text_config.num_hidden_layers
+    assert len(out.hidden_states) == 3 and len(out.hidden_states[0]) == n_layers + 1
+    assert out.hidden_states[0][0].shape[1] == batch["input_ids"].shape[1]  # the prompt the LM saw, beliefs included
+    assert len(out.attentions) == 3 and out.attentions[1][0].shape[-2] == 1
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_beam_search_and_several_return_sequences_equal_the_uncached_reference(construction):
+    model = model_for(belief_construction=construction).eval()
+    batch = _gen_batch(model.config, [(0, 40), (0, 30)])  # audio: the stock beam expansion interleaves video patches
+    kw = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, return_dict_in_generate=True,
+              output_scores=True, suppress_tokens=suppress(model.config))
+    cached = model.generate(**batch, **kw)
+    assert cached.sequences.shape == (4, batch["input_ids"].shape[1] + 4)
+    # "none" is the stock thinker's path: its beams; the EWM reuses the prefix cache: the uncached beams. Scores,
+    # not tokens: the tiny random model has near-ties that float noise may order either way.
+    reference = _stock_twin(model) if construction == "none" else model
+    expected = reference.generate(**batch, use_cache=construction == "none", **kw)
+    torch.testing.assert_close(cached.sequences_scores, expected.sequences_scores, atol=1e-4, rtol=1e-4)
+
+
+def test_beam_sampling_runs_with_beliefs():
+    model = model_for().eval()
+    out = model.generate(**_gen_batch(model.config), max_new_tokens=3, num_beams=2, do_sample=True,
+                         num_return_sequences=2)
+    assert out.shape[0] == 4
+
+
+@pytest.mark.parametrize("mode", [dict(prompt_lookup_num_tokens=2), "draft", dict(cache_implementation="static")])
+def test_assisted_and_static_cache_generate_equal_greedy(mode):
+    model = model_for().eval()
+    batch = _gen_batch(model.config, [(2, 40)])
+    kw = dict(max_new_tokens=5, do_sample=False, suppress_tokens=suppress(model.config))
+    if mode == "draft":
+        mode = dict(assistant_model=model_for(belief_construction="none").eval())
+    assert torch.equal(model.generate(**batch, **mode, **kw), model.generate(**batch, **kw))
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_generate_continues_from_a_returned_cache(construction):
+    model = model_for(belief_construction=construction).eval()
+    batch = _gen_batch(model.config)
+    kw = dict(do_sample=False, suppress_tokens=suppress(model.config))
+    full = model.generate(**batch, max_new_tokens=6, **kw)
+    first = model.generate(**batch, max_new_tokens=3, return_dict_in_generate=True, **kw)
+    assert first.cache.get_seq_length() == first.sequences.shape[1] - 1  # the cache describes `sequences`
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(first.sequences[:, batch["input_ids"].shape[1]:])], 1)
+    rest = model.generate(input_ids=first.sequences, attention_mask=mask, cache=first.cache, max_new_tokens=3, **kw)
+    assert torch.equal(rest, full)
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_forward_honours_user_position_ids(construction):
+    """Positions built for another video frame rate (the processor's `video_second_per_grid`) must be used."""
+    model = model_for(belief_construction=construction).eval()
+    batch = build_batch(model.config, [(2, 40)])
+    batch.pop("labels")
+    slow = dict(batch, video_second_per_grid=torch.tensor([4.0]))
+    positions, _ = model._positions(batch["input_ids"], batch["attention_mask"], None, batch["video_grid_thw"],
+                                    batch["feature_attention_mask"], False, slow["video_second_per_grid"])
+    with torch.no_grad():
+        given = model(**batch, position_ids=positions).logits
+        reference, default = model(**slow).logits, model(**batch).logits
+    torch.testing.assert_close(given, reference)
+    assert not torch.allclose(given, default, atol=1e-3)
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_forward_accepts_a_4d_attention_mask(construction):
+    model = model_for(belief_construction=construction).eval()
+    batch = build_batch(model.config, [(2, 40), (1, 0)], padding="left")
+    batch.pop("labels")
+    mask = batch["attention_mask"].bool()
+    causal = torch.ones(mask.shape[1], mask.shape[1], dtype=torch.bool).tril()
+    float4d = torch.zeros(mask.shape[0], 1, *causal.shape).masked_fill(
+        ~(causal[None] & mask[:, None, :])[:, None], torch.finfo(torch.float32).min)  # (B, 1, L, L)
+    # as for the stock thinker, a 4D mask comes with positions (get_rope_index needs the 2D padding mask)
+    positions, _ = model._positions(batch["input_ids"], batch["attention_mask"], None, batch["video_grid_thw"],
+                                    batch["feature_attention_mask"], False, batch.get("video_second_per_grid"))
+    with torch.no_grad():
+        ours = model(**dict(batch, attention_mask=float4d, position_ids=positions)).logits
+        reference = model(**batch).logits
+    torch.testing.assert_close(ours[mask], reference[mask], atol=1e-4, rtol=1e-4)
+
+
+def test_past_key_values_gives_the_stock_deprecation_warning():
+    from transformers import DynamicCache
+
+    model = model_for().eval()
+    batch = build_batch(model.config, [(2, 40)])
+    batch.pop("labels")
+    with pytest.warns(FutureWarning, match="past_key_values"), torch.no_grad():
+        out = model(**batch, past_key_values=DynamicCache(config=model.config), use_cache=True)
+    assert out.cache.get_seq_length() == batch["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_packed_padding_free_row_equals_the_padded_batch(construction):
+    """Two prompts packed into one row (text positions restart at 0, no attention mask) give each prompt's logits."""
+    model = model_for(belief_construction=construction).eval()
+    batch = build_batch(model.config, [(2, 40), (1, 30)])
+    batch.pop("labels")
+    mask = batch["attention_mask"].bool()
+    positions, _ = model._positions(batch["input_ids"], batch["attention_mask"], None, batch["video_grid_thw"],
+                                    batch["feature_attention_mask"], False, batch.get("video_second_per_grid"))
+    text = torch.cat([torch.arange(int(n)) for n in mask.sum(1)])[None]  # (1, total)
+    packed = dict(batch, input_ids=batch["input_ids"][mask][None], attention_mask=None,
+                  position_ids=torch.cat([text, positions[:, mask]])[:, None])
+    with torch.no_grad():
+        padded, free = model(**batch).logits, model(**packed, use_cache=False).logits  # as the stock harness
+    torch.testing.assert_close(free[0], padded[mask], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_beam_expansion_keeps_each_samples_video_frames(construction):
+    """Each expanded copy (beams / num_return_sequences) sees its own sample's video: the same logits."""
+    model = model_for(belief_construction=construction).eval()
+    batch = _gen_batch(model.config, [(2, 40), (3, 0)])
+    ids, expanded = model._expand_inputs_for_generation(2, input_ids=batch["input_ids"],
+                                                        **{k: v for k, v in batch.items() if k != "input_ids"})
+    with torch.no_grad():
+        once, twice = model(**batch).logits, model(input_ids=ids, **expanded).logits
+    torch.testing.assert_close(twice[::2], once, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(twice[1::2], once, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_generate_prefills_the_prompt_once_through_the_prefix_cache(reuse):
+    """Pass 1 fills the generation cache up to the first belief placeholder; pass 2 runs only after it."""
+    model = model_for().eval()
+    batch = _gen_batch(model.config, [(2, 40)])
+    seen = []
+    model.model.language_model.register_forward_hook(lambda m, a, kw, out: seen.append(kw["inputs_embeds"].shape[1]),
+                                                     with_kwargs=True)
+    kw = dict(max_new_tokens=2, do_sample=False, suppress_tokens=suppress(model.config))
+    out = model.generate(**batch, reuse_prefix_cache=reuse, **kw)
+    length = batch["input_ids"].shape[1]
+    prefix = int(model._prefix_end(batch["input_ids"]).max())
+    first_belief = int((batch["input_ids"][0] == model.config.belief_token_id).nonzero()[0])
+    assert seen[:2] == ([prefix, length - min(prefix, first_belief)] if reuse else [prefix, length])
+    assert torch.equal(out, model.generate(**batch, reuse_prefix_cache=not reuse, **kw))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("construction", ["none", "ewm"])
+def test_generate_compiles_the_decoding_step_with_fullgraph(construction):
+    """`_can_compile_fullgraph` stays True: the belief path runs only on the (uncompiled) prefill."""
+    from transformers import CompileConfig
+
+    torch.compiler.reset()
+    model = model_for(belief_construction=construction).eval()
+    batch = _gen_batch(model.config)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False)
+    compile_config._compile_all_devices = True  # as transformers' own test: compile on CPU too
+    kw = dict(max_new_tokens=4, do_sample=False, suppress_tokens=suppress(model.config), cache_implementation="static")
+    compiled = model.generate(**batch, compile_config=compile_config, **kw)
+    assert model._can_compile_fullgraph and hasattr(model, "_compiled_call")
+    assert torch.equal(compiled, model.generate(**batch, disable_compile=True, **kw))
+
+
+def test_the_belief_placeholder_is_never_generated():
+    """A generated `<|belief|>` would be taken for a belief slot at the next uncached step."""
+    model = model_for().eval()
+    with torch.no_grad():
+        model.lm_head.weight[model.config.belief_token_id] = 50 * model.lm_head.weight.abs().max()
+    batch = _gen_batch(model.config, [(2, 40)])
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert not (out[:, batch["input_ids"].shape[1]:] == model.config.belief_token_id).any()
