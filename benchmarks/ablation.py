@@ -13,10 +13,11 @@ for every seed and evaluated with ``benchmarks.run.main``:
 Each row x seed has a folder of its own, ``OUT/<row>/seed<k>/{model,eval_kappa,eval_modality,imagination.json}``
 plus ``code.json`` (the git commit that trained it): a finished step is skipped, an interrupted training resumes
 from its last checkpoint (train.py) and an interrupted evaluation from its predictions (benchmarks.run).
-``--no-imagination`` leaves the imagination step for a later invocation. Rerunning the same command after an interruption finishes the study; with everything
-done it only rewrites the summary: ``OUT/summary.json`` and the markdown page (``--doc``, default
-``docs/ablation.md``) with the table (mean +- std over seeds, n clips per cell), the kappa-robustness and the
-imagination-quality figures, and the verdict of EWM against none, random and pooling.
+``--no-imagination`` leaves the imagination step for a later invocation. Rerunning the same command after an
+interruption finishes the study; with everything done it only rewrites the summary: ``OUT/summary.json`` and the
+markdown page (``--doc``, default ``docs/ablation.md``) with the table (mean +- std over seeds, 95% bootstrap
+intervals over clips, n clips per cell), the kappa-robustness and the imagination-quality figures, and the verdict
+of EWM against none, random and pooling (and against its variations).
 
 ``--rows``/``--seeds`` select a subset, ``--max-steps`` caps training (the CI-sized run of tests/test_ablation.py).
 """

@@ -76,7 +76,8 @@ def test_imagination_figure_shows_step_to_step_differences(tmp_path, figures):
     assert low < 0.921 and high > 0.926
     assert not cos_ax.patches  # a dot plot, not bars
     assert {t.get_text() for t in cos_ax.texts} == {"0.9233", "0.9243", "0.9241"}
-    assert "MSE" in mse_ax.get_ylabel() and "κ = 0.7" in fig._suptitle.get_text() and "n = 8" in fig._suptitle.get_text()
+    title = fig._suptitle.get_text()
+    assert "MSE" in mse_ax.get_ylabel() and "κ = 0.7" in title and "n = 8" in title
 
 
 def test_bootstrap_interval_covers_the_mean_and_narrows_with_n():
