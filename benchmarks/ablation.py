@@ -42,6 +42,7 @@ ROWS = {
     "self": ("Self-modal imagination", "table5_self", ""),
     "ewm": ("EWM (full)", "table4_ewm", ""),
     "ewm_past": ("EWM, ewm_observation=past", "table4_ewm", "ewm_observation=past"),
+    "ewm_both": ("EWM, modality_dropout_scope=both", "table4_ewm", "modality_dropout_scope=both"),
     "lambda0": ("EWM, lambda_img = 0", "table6_lambda0", ""),
     "s1": ("EWM, rollout S = 1", "fig4_s1", ""),
 }
