@@ -52,6 +52,7 @@ BASELINES = ("none", "random", "pooling")
 METRIC = "closed_set_score"  # weighted F1 over the 4 labels, x100
 METRIC_NAME = "weighted F1 %"
 IMAGINATION = "imagination.json"
+HAND_WRITTEN = "<!-- hand-written below: kept when the page is regenerated -->"
 
 
 def parse_args(argv=None):
@@ -376,7 +377,10 @@ def write_doc(summary: dict, doc: Path, args, seconds: float | None) -> Path:
              "", *verdicts(summary), ""]
     if seconds is not None:
         page += [f"Wall time of this invocation: {seconds / 60:.1f} min on the machine's 2 shared cores.", ""]
-    doc.write_text("\n".join(page), encoding="utf-8")
+    kept = ""
+    if doc.is_file() and HAND_WRITTEN in doc.read_text(encoding="utf-8"):  # a reader's notes survive a rewrite
+        kept = doc.read_text(encoding="utf-8").split(HAND_WRITTEN, 1)[1]
+    doc.write_text("\n".join(page) + (HAND_WRITTEN + kept if kept else ""), encoding="utf-8")
     return doc
 
 

@@ -59,3 +59,7 @@ def test_ci_sized_ablation_runs_resumes_and_writes_the_page(tmp_path):
     assert ablation.main(argv) == 0
     assert (out / "ewm" / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
     assert json.loads((out / "summary.json").read_text())["rows"] == summary["rows"]
+    # notes written below the marker survive a regeneration of the page
+    doc.write_text(doc.read_text() + ablation.HAND_WRITTEN + "\nmy reading\n")
+    assert ablation.main(argv + ["--report-only"]) == 0
+    assert doc.read_text().endswith(ablation.HAND_WRITTEN + "\nmy reading\n") and "## Set-up" in doc.read_text()
