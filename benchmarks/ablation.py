@@ -98,7 +98,7 @@ def train_row(row: str, seed: int, manifest: Path, folder: Path, args) -> Path:
 
 
 def evaluate_row(model: Path, manifest: Path, folder: Path, seed: int, args):
-    """benchmarks.run at every kappa (A+V+T, with imagination quality) and with each modality removed (kappa 1)."""
+    """benchmarks.run at every kappa (A+V+T) and with each modality removed (kappa 1), each in its own folder."""
     from benchmarks import run
 
     common = ["--model", str(model), "--manifest", str(manifest), "--split", "test", "--device", "cpu",
