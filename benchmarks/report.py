@@ -404,7 +404,7 @@ def plot_ablation_imagination(summary: dict, path: Path, title: str = "temporal-
     """The miniature ablation's imagination figure: per-step cosine and MSE (held-out, fixed kappa) per row, mean
     +- std over seeds, zoomed, with the values printed: step-to-step differences stay visible."""
     plt = _pyplot()
-    rows = {k: r for k, r in summary["rows"].items() if r["imagination"]}
+    rows = {k: r for k, r in summary["rows"].items() if r["imagination"] and r.get("imagination_supervised", True)}
     panels = [("cosine", "cosine with the real future ↑"), ("mse", "MSE to the real future ↓")]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     meta = next(iter(rows.values()))["imagination"]
