@@ -1,6 +1,8 @@
 """The ``affectverse`` command: predict emotions for clips, export a Hub-ready folder, push it to the Hub.
 
     affectverse predict MODEL CLIPS... [--out preds.jsonl] [--batch-size 4] [--sentiment] [--explain] ...
+    affectverse predict MODEL CLIPS... --labels happy,sad,neutral [--trajectory [--ratios 0.1,...,1] --figure F.png]
+    affectverse embed MODEL CLIPS... --out emb.safetensors (or .parquet)
     affectverse export MODEL_OR_TRAIN_OUTPUT OUT_DIR [--eval-summary scores.json] [--max-shard-size 2GB] ...
     affectverse push FOLDER REPO_ID [--private] [--revision REV] [--commit-message MSG] [--dry-run]
 
@@ -24,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.embed import FORMATS as EMBED_FORMATS
+from benchmarks.embed import KINDS, EmbedEngine, gather, store_path, write_part
 from benchmarks.engine import (
     MODALITIES,
     Engine,
@@ -36,6 +40,7 @@ from benchmarks.engine import (
 )
 from benchmarks.hub import BASE_MODEL, export_for_hub, human_size, push_folder, upload_plan
 from benchmarks.store import fresh_path
+from benchmarks.trajectory import TrajectoryEngine, parse_ratios, plot_trajectories
 
 logger = logging.getLogger("affectverse")
 
@@ -88,6 +93,8 @@ def to_records(sentiment: bool, setting, rows: list[dict], results: list[dict]) 
                 record["sentiment"] = sentiment_from_labels(labels)
             if "belief_attention" in result:
                 record["belief_attention"] = result["belief_attention"]
+            if "label_scores" in result:  # --labels: the closed-set reading beside the free text
+                record.update(label=result["label"], label_scores=result["label_scores"])
             record["answer"] = result["answer"]
         record["seconds"] = result["seconds"]
         records.append(record)
@@ -106,21 +113,27 @@ def predict(args) -> int:
     if args.new_run:  # the main process's choice holds for every process
         out = Path(procs.from_main(str(fresh_path(out) if out.exists() else out)))
         logger.info("--new-run: a fresh run in %s", out)
-    subtitles = read_subtitles(args.subtitle_file, args.subtitle_column) if args.subtitle_file else {}
-    setting = Setting(MODALITIES["avt" if args.audio == "video" else "vt"])
-    rows = [{"name": str(clip), "video": str(clip), "audio": "", "subtitle": subtitles.get(clip.stem, "")}
-            for clip in clips]
+    rows = clip_rows(clips, args)
+    modality = MODALITIES["avt" if args.audio == "video" else "vt"]
+    labels = parse_labels(args.labels)
+    ratios = parse_ratios(args.ratios) if args.trajectory else (1.0,)
+    if args.figure and not (args.trajectory and labels):
+        raise ValueError("--figure draws label scores over the observed fraction: it needs --trajectory and --labels")
     device, dtype = resolve_device(args.device, args.dtype)
     record = {"model": checkpoint_record(args.model), "dtype": str(dtype).replace("torch.", ""),
               "generation": {"max_new_tokens": args.max_new_tokens, "do_sample": False},
               "extractor": {"name": "rule"}, "sentiment": args.sentiment, "explain": args.explain,
-              "subtitles": {"sha256": _file_hash(args.subtitle_file), "column": args.subtitle_column}}
+              "subtitles": {"sha256": _file_hash(args.subtitle_file), "column": args.subtitle_column},
+              # recorded only when used, so a file of an earlier version (without these fields) still resumes
+              **({"labels": labels} if labels else {}), **({"trajectory": list(ratios)} if args.trajectory else {})}
     counts = {"ok": 0, "error": 0}
 
     def make_engine():
         model, processor = load_model(args.model, device, dtype, args.trust_remote_code)
         logger.info("loaded %s (%s, %s)", args.model, device, dtype)
-        return Engine(model, processor, args.max_new_tokens, args.batch_size, args.num_workers, args.explain)
+        kind = TrajectoryEngine if args.trajectory else Engine
+        return kind(model, processor, args.max_new_tokens, args.batch_size, args.num_workers, args.explain,
+                    labels=labels)
 
     def records(setting, rows, results):
         found = to_records(args.sentiment, setting, rows, results)
@@ -129,14 +142,88 @@ def predict(args) -> int:
         return found
 
     start = time.perf_counter()
-    _, _, n_run = predict_to_store(out, record, args.model, ("path",), [(setting, row) for row in rows],
-                                       lambda row: (row["name"],), make_engine, records,
-                                       retry_errors=args.retry_errors, desc="predicting")
+    work = [(Setting(modality, r), row) for row in rows for r in ratios]  # a trajectory: a clip's ratios together
+    _, store, n_run = predict_to_store(out, record, args.model, ("path",), work, lambda row: (row["name"],),
+                                       make_engine, records, retry_errors=args.retry_errors, desc="predicting")
     ok, errors = procs.total(counts["ok"]), procs.total(counts["error"])  # every process's clips
     if procs.main:
         per_clip = (time.perf_counter() - start) / max(n_run, 1)
-        print(f"affectverse predict: {ok} predicted, {errors} errors, {len(clips) - n_run} "
-              f"already in {out} ({per_clip:.3f} s/clip){'' if procs.world == 1 else f', {procs.world} processes'}")
+        what = f"{len(ratios)} ratios x " if args.trajectory else ""
+        print(f"affectverse predict: {ok} predicted, {errors} errors, {len(work) - n_run} already in {out} "
+              f"({what}{len(clips)} clips; {per_clip:.3f} s/prediction)"
+              f"{'' if procs.world == 1 else f', {procs.world} processes'}")
+        if args.figure:
+            curves = {}
+            for row in rows:  # this command's clips and ratios, ok or not
+                for setting, _ in work[:len(ratios)]:
+                    r = store.records.get((setting.id, row["name"]))
+                    if r is not None and r["status"] == "ok":
+                        curves.setdefault(row["name"], []).append(r)
+            print(f"affectverse predict: figure {plot_trajectories(curves, args.figure, labels)}")
+    return 0
+
+
+def clip_rows(clips, args) -> list[dict]:
+    """Engine rows of the clips: the video, its own track (or no audio) and the subtitle of --subtitle-file."""
+    subtitles = read_subtitles(args.subtitle_file, args.subtitle_column) if args.subtitle_file else {}
+    return [{"name": str(clip), "video": str(clip), "audio": "", "subtitle": subtitles.get(clip.stem, "")}
+            for clip in clips]
+
+
+def parse_labels(text: str | None) -> list[str] | None:
+    """``"happy, sad,neutral"`` -> ["happy", "sad", "neutral"]; None stays None."""
+    if text is None:
+        return None
+    labels = [label.strip() for label in text.split(",") if label.strip()]
+    if not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"--labels {text!r}: a comma-separated list of distinct labels")
+    return labels
+
+
+# ============================================================================================== embed
+def embed(args) -> int:
+    out, procs = Path(args.out), Processes()
+    if out.suffix not in EMBED_FORMATS:
+        raise ValueError(f"--out {out}: must end in {' or '.join(EMBED_FORMATS)}")
+    clips = find_clips(args.clips)
+    stems = [clip.stem for clip in clips]
+    twins = sorted({str(c) for c in clips if stems.count(c.stem) > 1})
+    if twins:  # the output is keyed by clip name
+        raise ValueError(f"clips with the same file name (the output's key): {twins}")
+    rows = clip_rows(clips, args)
+    setting = Setting(MODALITIES["avt" if args.audio == "video" else "vt"])
+    device, dtype = resolve_device(args.device, args.dtype)
+    record = {"model": checkpoint_record(args.model), "dtype": str(dtype).replace("torch.", ""), "embed": list(KINDS),
+              "subtitles": {"sha256": _file_hash(args.subtitle_file), "column": args.subtitle_column}}
+
+    def make_engine():
+        model, processor = load_model(args.model, device, dtype, args.trust_remote_code)
+        return EmbedEngine(model, processor, 1, args.batch_size, args.num_workers)
+
+    def records(setting, rows, results):
+        ok = [(row, r) for row, r in zip(rows, results) if r["status"] == "ok"]
+        part = write_part(out, [Path(row["name"]).stem for row, _ in ok], [r["vectors"] for _, r in ok]) if ok else None
+        found, index = [], 0
+        for row, r in zip(rows, results):
+            rec = {"path": row["name"], "name": Path(row["name"]).stem, "status": r["status"], "seconds": r["seconds"]}
+            if r["status"] == "ok":
+                rec.update(part=part, index=index)
+                index += 1
+            else:
+                rec["error"] = r["reason"]
+            found.append(rec)
+        return found
+
+    _, store, n_run = predict_to_store(store_path(out), record, args.model, ("path",), [(setting, r) for r in rows],
+                                       lambda row: (row["name"],), make_engine, records,
+                                       retry_errors=args.retry_errors, desc="embedding")
+    if procs.main:
+        wanted = [store.records.get((setting.id, row["name"])) for row in rows]
+        done = [r for r in wanted if r is not None]
+        gather(out, done)
+        errors = sum(r["status"] == "error" for r in done)
+        print(f"affectverse embed: {len(done) - errors} clips in {out}, {errors} errors ({n_run} computed now, "
+              f"{len(done) - n_run} from {store_path(out)})")
     return 0
 
 
@@ -200,8 +287,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding media ahead of the model")
     p.add_argument("--new-run", action="store_true", help="start a fresh file beside --out (preds-2.jsonl, ...) "
                                                           "instead of resuming it")
+    p.add_argument("--labels", help="comma-separated closed label set: add each label's probability as the answer "
+                                    "(label_scores, summing to 1) and the most probable label")
+    p.add_argument("--trajectory", action="store_true", help="predict at each observation ratio of --ratios (the "
+                                                             "first fraction of the clip), one line per clip and ratio")
+    p.add_argument("--ratios", default=None, help="observation ratios of --trajectory (default 0.1,0.2,...,1.0)")
+    p.add_argument("--figure", help="with --trajectory and --labels: a PNG of each clip's top label and label "
+                                    "curves over the observed fraction (a grid for several clips)")
     p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
     p.set_defaults(func=predict)
+
+    p = commands.add_parser("embed", help="write per clip the belief tokens and pooled hidden states "
+                                          "(safetensors or parquet)")
+    p.add_argument("model", help="model folder or Hub id (the project's classes load it)")
+    p.add_argument("clips", nargs="+", help="video files or folders")
+    p.add_argument("--out", required=True, help="FILE.safetensors or FILE.parquet; FILE.jsonl records progress "
+                                                "(a rerun resumes) and FILE.parts/ holds the batches")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--audio", choices=["video", "none"], default="video")
+    p.add_argument("--subtitle-file", help="CSV with a name column and subtitles (see read_subtitles)")
+    p.add_argument("--subtitle-column")
+    p.add_argument("--retry-errors", action="store_true", help="run clips recorded as errors again")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
+    p.set_defaults(func=embed)
 
     p = commands.add_parser("export", help="write a Hub-ready folder (weights, code, processor, model card)")
     p.add_argument("model", metavar="MODEL_OR_TRAIN_OUTPUT", help="model folder (a train.py output folder works)")

@@ -104,6 +104,18 @@ def _crop(cache, length):
         cache.crop(-remove)
 
 
+LORA_PROBE = 16  # values of one LoRA-A matrix that ``config.merged_adapter`` records to recognise its adapter
+
+
+def lora_probes(module):
+    """(module name, adapter name, first LORA_PROBE values of lora_A) of each peft LoRA layer under ``module``."""
+    for name, sub in module.named_modules():
+        lora_a = getattr(sub, "lora_A", None)
+        if isinstance(lora_a, nn.ModuleDict):
+            for adapter, linear in lora_a.items():
+                yield name, adapter, linear.weight.detach().flatten()[:LORA_PROBE].float().cpu()
+
+
 class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGeneration, GenerationMixin):  # named: HF's check
     r"""Qwen2.5-Omni thinker + Emotion World Module (section 3, Algorithm 1).
 
@@ -133,6 +145,29 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         super().__init__(config)
         self.ewm = EmotionWorldModule(config) if config.belief_construction != "none" else None
         self.post_init()
+
+    def lora_probe(self) -> dict | None:
+        """The first LoRA layer's name and LORA_PROBE values of its lora_A: what ``config.merged_adapter["probe"]``
+        records when an adapter is merged in (``train.export``), so the same adapter cannot be applied again."""
+        return next(({"module": name, "values": values.tolist()} for name, _, values in lora_probes(self)), None)
+
+    def _refuse_merged_adapter_twice(self):
+        """peft LoRA on a model that already has the same adapter merged in would apply it twice (silently wrong
+        logits). peft copies its ``peft_config`` onto the model it wraps: only then are the layers looked at."""
+        probe = (getattr(self.config, "merged_adapter", None) or {}).get("probe")
+        peft_config = getattr(self, "peft_config", None)
+        if not probe or not peft_config or getattr(self, "_checked_peft", None) == (id(peft_config), len(peft_config)):
+            return
+        recorded = torch.tensor(probe["values"])
+        for name, adapter, values in lora_probes(self):
+            if name == probe["module"] and values.shape == recorded.shape and torch.allclose(values, recorded,
+                                                                                             rtol=1e-3, atol=1e-6):
+                raise ValueError(
+                    f"LoRA adapter {adapter!r} is already merged into this model (config.merged_adapter: "
+                    f"{self.config.merged_adapter.get('folder')}, sha256 {self.config.merged_adapter.get('sha256')}):"
+                    " applying it again would count it twice. Load the adapter onto the base model it names "
+                    "(AutoPeftModelForCausalLM.from_pretrained(adapter_dir)), or use this merged model as it is.")
+        self._checked_peft = (id(peft_config), len(peft_config))
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -431,6 +466,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
             output_belief_attention (`bool`): return the MAMA attention weights (Figure 3).
             reuse_prefix_cache (`bool`): in `generate`, let pass 1 prefill the cache (False: the naive two-pass).
         """
+        self._refuse_merged_adapter_twice()
         media = dict(input_features=input_features, feature_attention_mask=feature_attention_mask,
                      pixel_values=pixel_values, image_grid_thw=image_grid_thw,
                      pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,

@@ -30,6 +30,7 @@ files and the model card ``README.md``, ``adapter/`` (LoRA + EWM weights alone, 
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
 import fnmatch
 import hashlib
@@ -808,9 +809,12 @@ def export(trainer, processor, model_args, data_args, out: Path, record: dict | 
         model = PeftModel.from_pretrained(base, str(out / "adapter"))
     else:
         model = trainer.accelerator.unwrap_model(trainer.model)
+    probe = model.get_base_model().lora_probe()  # before merging: how the merged model recognises this adapter
     merged = model.merge_and_unload()
+    merged.config = copy.deepcopy(merged.config)  # the record is the merged model's: not of models sharing the config
     merged.config.merged_adapter = {"sha256": hashlib.sha256((out / "adapter" / "adapter_model.safetensors")
-                                                             .read_bytes()).hexdigest(), "folder": "adapter"}
+                                                             .read_bytes()).hexdigest(), "folder": "adapter",
+                                    "probe": probe}
     with explain_disk_full(out, "exporting the merged model to"):
         # the classes register for auto classes: code files and auto_map come along; README.md is the model card
         hub.export_for_hub(merged, processor, out, training_args=record, base_model=card_base_model(model_args),

@@ -35,7 +35,8 @@ from transformers.utils import cached_file
 
 from benchmarks.store import PredictionStore, StoreError, shard_files, shard_path
 from modeling_affectverse import AffectVerseForConditionalGeneration
-from processing_affectverse import AffectVerseCollator, AffectVerseProcessor
+from pipeline_affectverse import answer_candidates, label_scores, prompt_state
+from processing_affectverse import AffectVerseCollator, AffectVerseProcessor, answer_from_label
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,16 @@ class Setting:
 
     def record(self) -> dict:
         return {"setting_id": self.id, "modality": self.modality.key, "keep_ratio": float(self.keep_ratio)}
+
+
+# ============================================================================================== label scores
+def label_candidates(processor, labels: Sequence[str]) -> list[list[int]]:
+    """Token ids of each label's answer as the model was trained to give it (``answer_from_label`` + the end of
+    turn), so "happy" and "happy, sad" are different candidates."""
+    labels = [str(label).strip() for label in labels]
+    if not labels or any(not label for label in labels) or len(set(labels)) != len(labels):
+        raise ValueError(f"label set {labels}: needs at least one label, none empty, no duplicates")
+    return answer_candidates(processor.tokenizer, [answer_from_label(label) for label in labels])
 
 
 # ============================================================================================ device and model
@@ -270,22 +281,46 @@ class Engine:
     Args:
         num_workers: DataLoader worker processes decoding media ahead of the model (0: in this process).
         explain: one more forward per batch for the belief tokens' video/audio attention share.
+        labels: a closed label set, or a function row -> its label set (None: none): each ok result then also
+            has ``label_scores`` ``{label: probability}`` (summing to 1 over the set, :func:`label_scores`) and
+            ``label``, the most probable one. A batch never mixes label sets.
     """
 
     def __init__(self, model, processor, max_new_tokens: int = 64, batch_size: int = 4, num_workers: int = 2,
-                 explain: bool = False):
+                 explain: bool = False, labels: Sequence[str] | Callable[[dict], Sequence[str] | None] | None = None):
         if batch_size < 1 or max_new_tokens < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens} (both >= 1), "
                              f"num_workers={num_workers} (>= 0)")
         self.model, self.processor = model, processor
         self.max_new_tokens, self.batch_size, self.num_workers, self.explain = (max_new_tokens, batch_size,
                                                                                num_workers, explain)
+        self.labels = labels if callable(labels) or not labels else [str(label).strip() for label in labels]
+        self._candidates: dict[tuple, list[list[int]]] = {}
+        if self.labels is not None and not callable(self.labels):
+            self.candidates(self.labels)  # a bad label set fails here, before any clip
+
+    def label_set(self, rows: Sequence[dict]) -> list[str] | None:
+        """The label set of a batch's rows (one set per batch), or None."""
+        if not callable(self.labels):
+            return self.labels
+        found = {tuple(self.labels(row) or ()) for row in rows}
+        if len(found) > 1:
+            raise ValueError(f"one batch holds rows of {len(found)} label sets")
+        labels = list(found.pop()) if found else []
+        return labels or None
+
+    def candidates(self, labels: Sequence[str]) -> list[list[int]]:
+        key = tuple(labels)
+        if key not in self._candidates:
+            self._candidates[key] = label_candidates(self.processor, labels)
+        return self._candidates[key]
 
     def batches(self, work: Sequence[tuple[Setting, dict]]) -> list[tuple[Setting, list[dict]]]:
         """``work`` (setting, row) in order, cut into batches of one setting each."""
         jobs: list[tuple[Setting, list[dict]]] = []
         for setting, row in work:
-            if jobs and jobs[-1][0] == setting and len(jobs[-1][1]) < self.batch_size:
+            if jobs and jobs[-1][0] == setting and len(jobs[-1][1]) < self.batch_size and (
+                    not callable(self.labels) or self.label_set([jobs[-1][1][0]]) == self.label_set([row])):
                 jobs[-1][1].append(row)
             else:
                 jobs.append((setting, [row]))
@@ -314,7 +349,9 @@ class Engine:
         outputs, retried = {}, {}
         if good:
             try:
-                outputs = dict(zip(map(_name, good), zip(*self.generate(batch))))
+                labels = self.label_set(good)
+                outputs = dict(zip(map(_name, good), zip(*(self.generate(batch, labels) if labels else
+                                                           self.generate(batch)))))
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as err:  # noqa: BLE001 - one bad clip must not stop a long run
@@ -334,17 +371,25 @@ class Engine:
             elif name in failed:
                 results.append({"status": "error", "reason": failed[name], "seconds": seconds})
             else:
-                answer, share = outputs[name]
-                results.append({"status": "ok", "answer": answer, "seconds": seconds,
-                                **({"belief_attention": share} if self.explain else {})})
+                results.append({"status": "ok", **self.fields(*outputs[name]), "seconds": seconds})
         return results
 
+    def fields(self, answer, share, scores) -> dict:
+        """One row's result fields from its share of :meth:`generate`'s outputs."""
+        out = {"answer": answer, **({"belief_attention": share} if self.explain else {})}
+        if scores is not None:
+            out["label_scores"], out["label"] = scores, max(scores, key=scores.get)
+        return out
+
     @torch.no_grad()
-    def generate(self, batch) -> tuple[list[str], list]:
-        """(greedy answers, belief attention shares or Nones) for one collated batch."""
+    def generate(self, batch, labels: Sequence[str] | None = None) -> tuple[list[str], list, list]:
+        """(greedy answers, belief attention shares or Nones, ``{label: probability}`` over ``labels`` or Nones)
+        for one collated batch."""
         batch = to_device(batch, self.model)
-        tokens = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                     pad_token_id=self.processor.tokenizer.pad_token_id)
+        generated = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                        pad_token_id=self.processor.tokenizer.pad_token_id,
+                                        **({"return_dict_in_generate": True, "output_logits": True} if labels else {}))
+        tokens = generated.sequences if labels else generated
         new_tokens = tokens[:, batch["input_ids"].shape[1]:]  # generate returns the prompt + the new tokens
         answers = [a.strip() for a in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
         shares = [None] * len(answers)
@@ -352,7 +397,12 @@ class Engine:
             out = self.model(**batch, output_belief_attention=True, logits_to_keep=1)
             if out.belief_attention is not None:
                 shares = belief_shares(out.belief_attention)
-        return answers, shares
+        scores = [None] * len(answers)
+        if labels:  # the prompt's pass is generate's: its first-step logits and its cache cut to the prompt
+            prompt = prompt_state(generated, batch["input_ids"].shape[1])
+            probs = label_scores(self.model, batch, self.candidates(labels), prompt=prompt).cpu().tolist()
+            scores = [{label: round(p, 6) for label, p in zip(labels, row)} for row in probs]
+        return answers, shares, scores
 
 
 # ================================================================================================== progress

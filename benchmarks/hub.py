@@ -311,7 +311,7 @@ the video and audio of a clip, imagines where the affect is heading, and injects
 before the model answers. It answers in text, e.g. "The character's emotional state is happy, surprise."
 
 This checkpoint: {facts}. Weights are safetensors; the model code ships in this repository
-(`trust_remote_code=True`; it imports only torch and transformers, and decord to read video files).
+(`trust_remote_code=True`; it imports only torch and transformers, and decord or PyAV to read video files).
 Saved with `{pin}`: install that release (`pip install "{pin}"`); the code follows its Qwen2.5-Omni thinker API.
 {this_run}
 ## Usage

@@ -527,6 +527,21 @@ def belief_attention(model, processor, row: dict, keep_ratio: float = 1.0) -> di
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
+def calibration_table(results: list[dict]) -> tuple[list[str], list[list[str]], str]:
+    """ECE / Brier of the label scores per benchmark x setting (rows) and keep ratio (columns)."""
+    scored = [r for r in results if r.get("ece") is not None]
+    ratios = sorted({r["keep_ratio"] for r in scored})
+    cell = {(r["benchmark"], r["setting"], r["keep_ratio"]): r for r in scored}
+    rows = []
+    for bench, setting in dict.fromkeys((r["benchmark"], r["setting"]) for r in scored):
+        found = [cell.get((bench, setting, k)) for k in ratios]
+        rows.append([_name(bench), setting, *(MISSING if r is None else f"{r['ece']:.3f} / {r['brier']:.3f}"
+                                              for r in found)])
+    note = ("Expected calibration error (top label, 10 equal-width bins) / multi-class Brier score of the closed-set "
+            "label scores, per keep ratio (the observed first fraction of each clip); lower is better.")
+    return ["Benchmark", "Setting", *(_ratio(k) for k in ratios)], rows, note
+
+
 def no_main_score_note(results: list[dict]) -> str:
     """Why main-score cells are empty: the emotion benchmarks' HIT / set-F score was run without the wheel."""
     names = sorted({_name(r["benchmark"]) for r in results if r.get("main_note")})
@@ -586,6 +601,11 @@ def write_report(run_dir) -> list[Path]:
             note += errors + (f" {no_wheel}" if metric == "main" and no_wheel else "")
             written += _write(run / f"{stem}{suffix}", header, rows, note)
             page += [f"## {title} layout: {METRICS[metric][1]}", "", _markdown(header, rows), note, ""]
+    if any(r.get("ece") is not None for r in results):
+        header, rows, note = calibration_table(results)
+        written += _write(run / "calibration", header, rows, note)
+        page += ["## Calibration of the label scores (ECE / Brier by keep ratio)", "", _markdown(header, rows), note,
+                 ""]
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     names = {"manifest": manifest_title(info["manifest"])} if info.get("manifest") else {}
     written.append(plot_robustness(results, run / "robustness.png", names))

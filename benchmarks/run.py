@@ -33,6 +33,11 @@ keep ratio asked for, then scores and reports:
   WAF or the OV-MERD+ set F-score, see ``benchmarks/score.py``) and the closed-set alternative (weighted F1 over
   the dataset's label set, or Acc-2 for sentiment), x100. A clip that failed to load counts as an empty answer.
   A manifest's own benchmarks (e.g. the synthetic clips) use the set of their ground-truth words as label set.
+- **Label scores and calibration**: for the closed-set (HIT) benchmarks the engine also scores each label of the
+  set as the answer (``label_scores``, ``label`` in each record; ``--no-label-scores`` skips it), and
+  ``scores.json`` gets, per setting and kappa, the expected calibration error ``ece`` (top label, 10 bins) and
+  the Brier score ``brier`` of those probabilities (``benchmarks.scoring.calibration_scores``; not x100), and
+  the top label's accuracy ``label_score_accuracy`` (x100).
 - **Report** (``benchmarks.report``): Table 1 / Table 2 layouts (markdown + CSV), keep-ratio robustness,
   per-step imagination cosine (Table 8) and a MAMA attention map (Figure 3) as PNGs.
 
@@ -80,6 +85,7 @@ from benchmarks.score import BENCHMARKS as SCORERS
 from benchmarks.score import KINDS, MAIN_METRICS
 from benchmarks.scoring import (
     LLMExtractor,
+    calibration_scores,
     closed_set_scores,
     extract_labels,
     hit_score,
@@ -182,6 +188,8 @@ def to_records(extractor, setting: Setting, rows: list[dict], results: list[dict
             record.update(reason=result["reason"], answer="", labels=[])
         else:
             record.update(answer=result["answer"], labels=labels[i])
+            if "label_scores" in result:  # closed-set benchmarks: each label's probability as the answer
+                record.update(label=result["label"], label_scores=result["label_scores"])
             if i in sentiments:
                 record["sentiment"] = sentiments[i]
         record["seconds"] = result["seconds"]
@@ -198,12 +206,14 @@ def predict(groups, modalities, keep_ratios, args, run_record: dict, get_model) 
                 setting = Setting(modality, kappa)
                 work += [(setting, row) for row in rows]
     extractor = []
+    label_sets = {} if args.no_label_scores else closed_label_sets(groups)
 
     def make_engine():
         model, processor = get_model()
         extractor.append(RuleExtractor() if args.extractor == "rule" else
                          LLMLabeler(args.extractor_model, device=str(model.device), batch_size=args.batch_size))
-        return Engine(model, processor, args.max_new_tokens, args.batch_size, args.num_workers)
+        return Engine(model, processor, args.max_new_tokens, args.batch_size, args.num_workers,
+                      labels=lambda row: label_sets.get(row["benchmark"]))
 
     finished, store, _ = predict_to_store(
         Path(args.out) / PREDICTIONS, run_record, str(args.model), ("benchmark", "name"), work, work_key,
@@ -222,6 +232,12 @@ def label_set_of(benchmark: str, gts: list) -> tuple[str, ...]:
     if benchmark in SCORERS and SCORERS[benchmark].label_set:
         return SCORERS[benchmark].label_set
     return tuple(sorted({str(g).lower().strip() for g in gts}))
+
+
+def closed_label_sets(groups) -> dict[str, list[str]]:
+    """``{benchmark: label set}`` of the closed-set (HIT) benchmarks: the engine scores each of its labels."""
+    return {bench: list(label_set_of(bench, [label_value(r) for r in rows])) for bench, rows in groups.items()
+            if KINDS[rows[0]["task"]] == "hit"}
 
 
 def score_setting(benchmark: str, task: str, gts: list, records: list[dict], wheel) -> dict:
@@ -250,6 +266,11 @@ def score_setting(benchmark: str, task: str, gts: list, records: list[dict], whe
         out.update(closed_set_metric="weighted F1 over the label set", closed_set_score=_pct(c["weighted_f1"]),
                    closed_set_accuracy=_pct(c["accuracy"]), closed_set_n_unmapped=c["n_unmapped"],
                    label_set=list(label_set))
+        probs = [r.get("label_scores") if r.get("status") == "ok" else None for r in records]
+        if any(probs):  # calibration of the label scores (ECE in [0, 1], Brier in [0, 2]; not x100)
+            cal = calibration_scores(gts, probs, label_set)
+            out.update(ece=round(cal["ece"], 4), brier=round(cal["brier"], 4),
+                       label_score_accuracy=_pct(cal["accuracy"]), n_calibrated=cal["n_scored"])
     else:
         out.update(closed_set_metric=None, closed_set_score=None)  # open vocabulary: no closed label set
     return out
@@ -314,6 +335,8 @@ def parse_args(argv=None):
                    help="clips for the Table 8 imagination cosine (0: skip the imagination and attention plots)")
     p.add_argument("--imagination-keep-ratio", type=float, default=0.7, help="kappa fixed for Table 8")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-label-scores", action="store_true",
+                   help="skip the closed-set label scores (and so ECE / Brier) of the HIT benchmarks")
     args = p.parse_args(argv)
     if not (args.data_root or args.manifest):
         p.error("give --data-root or --manifest")
@@ -394,7 +417,9 @@ def main(argv=None) -> int:
 
     record = {"model": checkpoint_record(args.model), "dtype": str(dtype).replace("torch.", ""),
               "generation": {"max_new_tokens": args.max_new_tokens, "do_sample": False},
-              "extractor": {"name": args.extractor, "model": args.extractor_model}}
+              "extractor": {"name": args.extractor, "model": args.extractor_model},
+              # only when on: a run folder of an earlier version resumes with --no-label-scores
+              **({} if args.no_label_scores else {"label_scores": True})}
     t0 = time.perf_counter()
     try:
         finished, store = predict(groups, args.modality_list, args.keep_ratio_list, args, record, get_model)

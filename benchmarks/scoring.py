@@ -192,6 +192,41 @@ def closed_set_scores(gt: Sequence[str], pred: Sequence, label_set: Sequence[str
     }
 
 
+# ------------------------------------------------------------------------------------------------ calibration
+def calibration_scores(gt: Sequence[str], probs: Sequence[dict | None], label_set: Sequence[str],
+                       n_bins: int = 10) -> dict:
+    """Calibration of closed-set label scores (``{label: probability}`` per sample, as ``--labels`` gives them).
+
+    - ``ece``: expected calibration error of the top label (Guo et al. 2017): samples binned by their top
+      probability into ``n_bins`` equal-width bins ``(i/n, (i+1)/n]``; sum over bins of
+      ``|bin| / N * |accuracy(bin) - mean confidence(bin)|``.
+    - ``brier``: multi-class Brier score, the mean over samples of ``sum_k (p_k - [k = truth])^2`` over the label
+      set (a label missing from a sample's scores counts as probability 0); 0 is perfect, 2 the worst.
+    - ``accuracy``: of the top label. Samples without scores (a clip that failed) are left out (``n_missing``).
+
+    The paper says the belief becomes "more calibrated" as evidence arrives (Appendix A.4): per observation
+    ratio, these make that measurable.
+    """
+    if len(gt) != len(probs):
+        raise ValueError(f"{len(gt)} ground-truth labels but {len(probs)} label-score dicts")
+    label_set = [label.lower() for label in label_set]
+    rows = [(canonical_label(str(g).lower().strip(), label_set), {str(k).lower(): float(v) for k, v in p.items()})
+            for g, p in zip(gt, probs) if p]
+    out = {"n_scored": len(rows), "n_missing": len(gt) - len(rows)}
+    if not rows:
+        return {**out, "ece": None, "brier": None, "accuracy": None}
+    truth = np.array([label_set.index(t) for t, _ in rows])
+    matrix = np.array([[p.get(label, 0.0) for label in label_set] for _, p in rows])  # (N, K)
+    confidence, top = matrix.max(1), matrix.argmax(1)
+    correct = (top == truth).astype(float)
+    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).sum()
+              for b in range(n_bins) if (bins == b).any()) / len(rows)
+    onehot = np.eye(len(label_set))[truth]
+    return {**out, "ece": float(ece), "brier": float(((matrix - onehot) ** 2).sum(1).mean()),
+            "accuracy": float(correct.mean())}
+
+
 # -------------------------------------------------------------------------------- rule-based text -> labels
 _LEAD_INS = (  # "The character's emotional state is ...", "Emotions: ...", "She seems to be ..."
     re.compile(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 import torch
 
 import train
@@ -45,7 +46,7 @@ def test_adapter_names_a_loadable_base_and_the_merged_folder_names_its_adapter(t
         assert torch.allclose(loaded(**batch).logits, merged(**batch).logits, atol=1e-4)
     sha = hashlib.sha256((out / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
     config = json.loads((out / "config.json").read_text())
-    assert config["merged_adapter"] == {"sha256": sha, "folder": "adapter"}
+    assert {k: config["merged_adapter"][k] for k in ("sha256", "folder")} == {"sha256": sha, "folder": "adapter"}
     assert "emotion-recognition" in config["custom_pipelines"] and (out / "pipeline_affectverse.py").is_file()
 
 
@@ -54,3 +55,25 @@ def test_tiny_preset_adapter_says_what_its_base_is(tmp_path):
     out, _, _ = trained_export(tmp_path, train.ModelArguments(), AffectVerseForConditionalGeneration(tiny()))
     base = json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert base.startswith("affectverse-tiny-random") and "tiny_config" in base and "set_seed(0)" in base
+
+
+def test_the_merged_adapter_cannot_be_applied_twice(tmp_path):
+    """Before: PeftModel.from_pretrained(merged folder, its adapter/) applied LoRA a second time (logits off by 7.7)."""
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    base_dir = tmp_path / "base"
+    AffectVerseForConditionalGeneration(tiny()).save_pretrained(base_dir)
+    model_args = train.ModelArguments(model_name_or_path=str(base_dir))
+    out, merged, batch = trained_export(tmp_path, model_args,
+                                        AffectVerseForConditionalGeneration.from_pretrained(base_dir))
+    reloaded = AffectVerseForConditionalGeneration.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, merged(**batch).logits, atol=1e-4)  # no adapter: fine
+    twice = PeftModel.from_pretrained(reloaded, str(out / "adapter")).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="already merged into this model"):
+        twice(**batch)
+    # a fresh LoRA on the merged model (further fine-tuning) is allowed
+    fresh = train.add_lora(AffectVerseForConditionalGeneration.from_pretrained(out), model_args).eval()
+    with torch.no_grad():
+        fresh(**batch)

@@ -78,3 +78,17 @@ def test_transformers_any_to_any_task_serves_the_folder(folder, media):
     tokens = pipe.model.generate(**batch, max_new_tokens=4, do_sample=False)
     expected = pipe.processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0]
     assert out[0]["generated_text"][-1] == {"role": "assistant", "content": expected}
+
+
+def test_pipeline_gives_label_scores(folder, media):
+    """Issue 14: pipe(clip, labels=[...]) adds each label's probability (summing to 1) and the top label."""
+    from transformers import pipeline
+
+    pipe = pipeline("emotion-recognition", model=str(folder), trust_remote_code=True, max_new_tokens=4)
+    plain = pipe(media["good"])
+    scored = pipe(media["good"], labels=["happy", "sad", "neutral"])
+    assert scored["answer"] == plain["answer"] and set(scored["label_scores"]) == {"happy", "sad", "neutral"}
+    assert abs(sum(scored["label_scores"].values()) - 1) < 1e-5
+    assert scored["label"] == max(scored["label_scores"], key=scored["label_scores"].get)
+    both = pipe([media["good"], media["no_audio"]], batch_size=2, labels=["happy", "sad", "neutral"])
+    assert both[0]["label_scores"] == pytest.approx(scored["label_scores"], abs=1e-4)

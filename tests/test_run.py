@@ -249,3 +249,19 @@ def test_table1_names_missing_benchmarks():
     header, rows, note = report.table1(results)
     assert rows[0][header.index("Mean")] == f"{round((sum(AFFECTVERSE.values()) - 58.47) / 8, 2):.2f}"
     assert rows[0][header.index("MELD")] == report.MISSING and "missing: MELD." in note
+
+
+def test_label_scores_and_calibration_per_keep_ratio(finished):
+    """Issue 14: closed-set records carry label scores; scores.json and the report give ECE and Brier per kappa."""
+    ok = [r for r in records(finished.out) if r["status"] == "ok"]
+    for r in ok:
+        assert set(r["label_scores"]) == {"angry", "happy", "sad"} and r["label"] in r["label_scores"]
+        assert sum(r["label_scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    results = json.loads((finished.out / run.SCORES).read_text())["results"]
+    assert {(s["modality"], s["keep_ratio"]) for s in results if s.get("ece") is not None} == {
+        (m, float(k)) for m in MODALITIES for k in KEEP_RATIOS}
+    for s in results:
+        assert 0 <= s["ece"] <= 1 and 0 <= s["brier"] <= 2 and s["n_calibrated"] == N_ROWS - 1
+    table = (finished.out / "calibration.md").read_text()
+    assert table.startswith("| Benchmark | Setting | 0.5 | 1.0 |") and "Calibration" in (
+        finished.out / "report.md").read_text()

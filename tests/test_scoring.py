@@ -473,3 +473,26 @@ def test_metric_script_explains_missing_package(tmp_path):
     if proc.returncode == 3:
         pytest.skip("the project is installed, so `benchmarks` is importable everywhere")
     assert proc.returncode != 0 and "pip install -e <repo>" in proc.stderr
+
+
+def test_calibration_scores_on_a_hand_made_case():
+    """Issue 14: ECE over 5 equal-width bins and the multi-class Brier score, computed by hand."""
+    from benchmarks.scoring import calibration_scores
+
+    gts = ["a", "b", "b", "b", "a"]
+    probs = [{"a": 0.95, "b": 0.05},  # right, confidence 0.95 -> bin (0.8, 1.0]
+             {"a": 0.85, "b": 0.15},  # wrong, 0.85 -> (0.8, 1.0]
+             {"a": 0.35, "b": 0.65},  # right, 0.65 -> (0.6, 0.8]
+             {"a": 0.25, "b": 0.75},  # right, 0.75 -> (0.6, 0.8]
+             None]                    # a failed clip: left out
+    out = calibration_scores(gts, probs, ["a", "b"], n_bins=5)
+    # bin (0.8, 1]: accuracy 1/2, confidence 0.9 -> 0.4 * 2/4; bin (0.6, 0.8]: 1 vs 0.7 -> 0.3 * 2/4
+    assert out["ece"] == pytest.approx(0.2 + 0.15)
+    # Brier: 0.05^2*2 + 0.85^2*2 + 0.35^2*2 + 0.25^2*2, over 4 samples
+    assert out["brier"] == pytest.approx((0.005 + 1.445 + 0.245 + 0.125) / 4)
+    assert out["accuracy"] == 0.75 and out["n_scored"] == 4 and out["n_missing"] == 1
+    perfect = calibration_scores(["a", "b"], [{"a": 1.0, "b": 0.0}, {"a": 0.0, "b": 1.0}], ["a", "b"])
+    assert perfect["ece"] == 0 and perfect["brier"] == 0
+    assert calibration_scores(["a"], [{"b": 1.0}], ["a", "b"])["brier"] == 2  # sure and wrong: the worst
+    with pytest.raises(ValueError, match="not in the label set"):
+        calibration_scores(["c"], [{"a": 1.0}], ["a", "b"])
