@@ -12,6 +12,8 @@ _CHOICES = {
     "belief_construction": ("none", "random", "pooling", "imagination", "ewm"),
     "injection": ("interleaved", "single"),
     "imagination_context": ("full", "self", "cross"),
+    "ewm_observation": ("full", "past"),
+    "modality_dropout_scope": ("ewm", "both"),
 }
 
 
@@ -72,6 +74,19 @@ class AffectVerseConfig(Qwen2_5OmniThinkerConfig):
             and the text-answer boundary (Eq. 8, 20); `"single"` puts all at the AV-text boundary (Table 3 row d).
         ewm_hidden_layer (`int`, defaults to -1): which thinker hidden state the EWM reads (-1: after the final
             norm, the paper's H of Eq. 1; 0: the merged input embeddings; k: after decoder layer k).
+        ewm_observation (`str`, defaults to `"full"`): where the EWM's *inputs* come from in training. `"full"`:
+            the no-grad pass over the whole prompt prefix (Algorithm 1 step 2), so with the layout [video; audio]
+            the past audio states have attended to the truncated future video. `"past"`: the EWM's past states come
+            from a no-grad pass over the truncated sequence (each modality's past only, beliefs not yet present),
+            the imagination targets still from the full pass. Identical at inference (nothing is truncated).
+        modality_dropout_scope (`str`, defaults to `"ewm"`): what modality dropout (D.1) removes: `"ewm"` only the
+            EWM's input (the literal reading); `"both"` also the dropped modality's tokens from the language-model
+            pass, so the language model trains without it (Figure 6's missing-modality setting).
+        eval_keep_ratio (`float`, defaults to 1.0): a fixed kappa for evaluation-mode forwards given ``labels``.
+            Below 1 the sequence is split as in training (no modality dropout), the imagination loss and per-step
+            MSE and cosine are returned, and the language model sees only the past: held-out imagination quality
+            as in Figure 4 / Table 8. 1.0: inference keeps everything and splits nothing. ``generate`` never
+            splits.
         ewm_initializer_range (`float`, defaults to 0.02): std of the EWM's normal initialisation.
         belief_token_id (`int`, defaults to 151665): id of the `<|belief|>` placeholder (the first free row of
             the 7B embedding).
@@ -101,6 +116,9 @@ class AffectVerseConfig(Qwen2_5OmniThinkerConfig):
     belief_construction: str = "ewm"
     injection: str = "interleaved"
     ewm_hidden_layer: int = -1
+    ewm_observation: str = "full"
+    modality_dropout_scope: str = "ewm"
+    eval_keep_ratio: float = 1.0
     ewm_initializer_range: float = 0.02
     belief_token_id: int = 151665
     vision_start_token_id: int = 151652
@@ -126,6 +144,8 @@ class AffectVerseConfig(Qwen2_5OmniThinkerConfig):
                 f"AffectVerseConfig keep ratios need 0 < keep_ratio_min <= keep_ratio_max <= 1, got "
                 f"{self.keep_ratio_min}, {self.keep_ratio_max}"
             )
+        if not 0.0 < self.eval_keep_ratio <= 1.0:
+            raise ValueError(f"AffectVerseConfig.eval_keep_ratio must lie in (0, 1], got {self.eval_keep_ratio}")
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise ValueError(f"AffectVerseConfig.modality_dropout must lie in [0, 1], got {self.modality_dropout}")
         if self.num_type_embeddings < 2:
@@ -157,7 +177,75 @@ class AffectVerseConfig(Qwen2_5OmniThinkerConfig):
         """See the module-level ``belief_split``, with this config's N_b, injection and construction."""
         return belief_split(n_modalities, self.num_belief_queries, self.injection, self.belief_construction)
 
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "AffectVerseConfig":
+        """The config of ablation preset ``name`` (``list_presets()``) on the paper's defaults; ``overrides`` win.
 
-__all__ = ["AffectVerseConfig", "BELIEF_TOKEN", "belief_split"]
+        Example: ``AffectVerseConfig.from_preset("table3_b", rollout_steps=2)``.
+        """
+        return cls(**{**preset_fields(name), **overrides})
+
+
+# ------------------------------------------------------------------------------------------------------ presets
+# Every row of the paper's ablations (Tables 3-6, Figures 4-6; Table 8 shares Figure 4's rows) as config values.
+# Each preset names all five component fields, so a row never inherits a component from its base config; the
+# varied field follows. See docs/design.md ("Ablation presets") for the readings, Table 3 row (b) especially.
+_FULL = dict(belief_construction="ewm", temporal_split=True, imagination_context="full", injection="interleaved",
+             residual_boundary=True)
+
+
+def _row(description: str, **fields) -> tuple[str, dict]:
+    return description, {**_FULL, **fields}
+
+
+PRESETS: dict[str, tuple[str, dict]] = {
+    # Table 3: cumulative; rows b-e have no residual boundary, rows b-d inject at a single position.
+    "table3_a": _row("Table 3 (a) Qwen2.5-Omni + LoRA: no beliefs, no temporal split", belief_construction="none",
+                     temporal_split=False, injection="single", residual_boundary=False),
+    "table3_b": _row("Table 3 (b) + temporal splitting: self-modal imagination pooled to beliefs, no MAMA (= Table 5 "
+                     "self-modal only's numbers)", belief_construction="imagination", imagination_context="self",
+                     injection="single", residual_boundary=False),
+    "table3_c": _row("Table 3 (c) + cross-modal imagination, pooled to beliefs, no MAMA",
+                     belief_construction="imagination", injection="single", residual_boundary=False),
+    "table3_d": _row("Table 3 (d) + MAMA, single-position injection", injection="single", residual_boundary=False),
+    "table3_e": _row("Table 3 (e) + interleaved injection (2 positions)", residual_boundary=False),
+    "table3_f": _row("Table 3 (f) + residual boundary injection: full AffectVerse"),
+    # Table 4: belief construction, every other component as in the full model.
+    "table4_none": _row("Table 4 None: no beliefs (the LoRA baseline, = Table 3 a)", belief_construction="none",
+                        temporal_split=False, injection="single", residual_boundary=False),
+    "table4_random": _row("Table 4 Random tokens: learned input-independent beliefs", belief_construction="random"),
+    "table4_pooling": _row("Table 4 Pooling: observed audio/video states average-pooled to beliefs",
+                           belief_construction="pooling"),
+    "table4_ewm": _row("Table 4 EWM: full AffectVerse"),
+    # Table 5: imagination context.
+    "table5_self": _row("Table 5 self-modal only", imagination_context="self"),
+    "table5_cross": _row("Table 5 cross-modal only", imagination_context="cross"),
+    "table5_full": _row("Table 5 full cross-modal: full AffectVerse"),
+    # Table 6: lambda_img (0 keeps the EWM, trained through L_lm only).
+    **{f"table6_lambda{w:g}": _row(f"Table 6 lambda_img = {w:g}", imagination_loss_weight=w)
+       for w in (0.0, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0)},
+    # Figure 4 / Table 8: rollout depth S.
+    **{f"fig4_s{s}": _row(f"Figure 4 / Table 8 rollout steps S = {s}", rollout_steps=s) for s in (1, 2, 3, 4, 5)},
+    # Figure 5: base belief count N_b (2 N_b tokens with both modalities); the text names 1, 4 and 16.
+    **{f"fig5_nb{n}": _row(f"Figure 5 N_b = {n} belief queries", num_belief_queries=n) for n in (1, 2, 4, 8, 16)},
+    # Figure 6: modality dropout p; the text names 0, 0.15 and 0.30.
+    **{f"fig6_p{p:g}": _row(f"Figure 6 modality dropout p = {p:g}", modality_dropout=p) for p in (0.0, 0.15, 0.3)},
+}
+
+
+def preset_fields(name: str) -> dict:
+    """The config fields of ablation preset ``name`` (a copy); a clear error listing the names otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown AffectVerse preset {name!r}; known: {', '.join(PRESETS)}")
+    return dict(PRESETS[name][1])
+
+
+def list_presets() -> dict[str, str]:
+    """``{preset name: the paper row it reproduces}``, in the paper's order."""
+    return {name: description for name, (description, _) in PRESETS.items()}
+
+
+
+__all__ = ["AffectVerseConfig", "BELIEF_TOKEN", "PRESETS", "belief_split", "list_presets", "preset_fields"]
 
 AffectVerseConfig.register_for_auto_class()

@@ -99,6 +99,18 @@ def pooling_matrix(starts, lengths, size: int, bins: int):
     return inside.float() / inside.sum(-1, keepdim=True).clamp(min=1)
 
 
+def splice_past(full, past_states, past_len):
+    """The EWM input of ``ewm_observation="past"``: ``past_states`` before each row's ``past_len``, ``full`` after.
+
+    full (B, L, d) from the pass over the whole prefix (it gives the imagination targets), past_states (B, L', d)
+    from a pass over each modality's past only, left-aligned like ``full``; past_len (B,). Returns (B, L, d).
+    """
+    width = min(full.shape[1], past_states.shape[1])
+    inside = torch.arange(width, device=full.device)[None] < past_len[:, None]  # (B, width)
+    head = torch.where(inside[..., None], past_states[:, :width].to(full.dtype), full[:, :width])
+    return torch.cat([head, full[:, width:]], dim=1)
+
+
 @dataclass
 class EWMOutput:
     """What the EWM gives the language model, and what it reports."""
@@ -107,6 +119,7 @@ class EWMOutput:
     n_beliefs: torch.Tensor  # (B,) number of valid belief tokens per sample
     imagination_loss: torch.Tensor | None = None  # scalar, Eq. 21
     imagination_cosine: torch.Tensor | None = None  # (S,) mean cosine of each step with the future (Table 8)
+    imagination_mse: torch.Tensor | None = None  # (S,) mean squared error of each step with the future (Table 8)
     attention: torch.Tensor | None = None  # (B, 2*N_b, 2*S*N) MAMA weights, video memory first (Figure 3)
 
 
@@ -150,11 +163,11 @@ class EmotionWorldModule(nn.Module):
         return context, torch.cat([own_valid, other_valid], dim=1)
 
     def _imagination_loss(self, imagined, target):
-        # imagined (B, S, N, w), target (B, N, w) detached -> per sample and step (B, S), cosine (B, S)
+        # imagined (B, S, N, w), target (B, N, w) detached -> per sample and step (B, S): loss, cosine, MSE
         target = target[:, None].expand_as(imagined)
         mse = (imagined - target).pow(2).mean(dim=(-1, -2))
         cos = F.cosine_similarity(imagined, target, dim=-1).mean(-1)
-        return mse + self.config.imagination_cosine_weight * (1 - cos), cos
+        return mse + self.config.imagination_cosine_weight * (1 - cos), cos, mse
 
     def _pool(self, tokens, starts, lengths, bins):
         return pooling_matrix(starts, lengths, tokens.shape[1], bins).to(tokens.dtype) @ tokens
@@ -196,7 +209,9 @@ class EmotionWorldModule(nn.Module):
             beliefs = self._concat_available(memory, use_video, use_audio, nb)
         else:
             imagined = self._imagine(zv, past_v, za, past_a, use_video, use_audio, out)  # (B, 2, S*N, w)
-            if self.training and cfg.temporal_split:
+            # Eq. 5 wherever a read modality has a future: training with a temporal split, or evaluation at a fixed
+            # kappa (config.eval_keep_ratio); never at inference, where past = length.
+            if ((video_past < video_len) & use_video).any() or ((audio_past < audio_len) & use_audio).any():
                 self._supervise(imagined, zv, video_past, video_len, za, audio_past, audio_len,
                                 use_video, use_audio, out)
             if cfg.belief_construction == "imagination":
@@ -232,12 +247,13 @@ class EmotionWorldModule(nn.Module):
         """Eq. 5 against adaptive-pooled detached futures, averaged over steps and available modalities (Eq. 21)."""
         cfg = self.config
         steps, n = cfg.rollout_steps, cfg.future_queries
-        losses, cosines = [], []
+        losses, cosines, mses = [], [], []
         for slot, z, past, length in ((0, zv, video_past, video_len), (1, za, audio_past, audio_len)):
             target = self._pool(z.detach(), past, length - past, n)  # Z-bar^fut (B, N, w)
-            loss, cos = self._imagination_loss(imagined[:, slot].unflatten(1, (steps, n)), target)
+            loss, cos, mse = self._imagination_loss(imagined[:, slot].unflatten(1, (steps, n)), target)
             losses.append(loss)
             cosines.append(cos)
+            mses.append(mse)
         use = torch.stack([use_video, use_audio], dim=1).to(imagined.dtype)  # (B, 2)
         per_sample = (torch.stack(losses, 1).mean(-1) * use).sum(1) / use.sum(1).clamp(min=1)
         has_any = use.sum(1) > 0
@@ -245,6 +261,7 @@ class EmotionWorldModule(nn.Module):
             out.imagination_loss = per_sample[has_any].mean()
             weights = use[..., None]  # (B, 2, 1)
             out.imagination_cosine = (torch.stack(cosines, 1) * weights).sum((0, 1)) / weights.sum((0, 1))
+            out.imagination_mse = (torch.stack(mses, 1).detach() * weights).sum((0, 1)) / weights.sum((0, 1))
 
     def _aggregate(self, imagined, use_video, use_audio, need_weights, out):
         """MAMA (Eq. 6-7, 17-19): typed memory, dual or single aggregator per sample; (B, 2*N_b, w)."""

@@ -21,10 +21,10 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 try:  # remote code: a package in transformers' module cache
     from .configuration_affectverse import AffectVerseConfig
-    from .ewm_affectverse import BeliefAggregator, EmotionWorldModule, Imagination
+    from .ewm_affectverse import BeliefAggregator, EmotionWorldModule, Imagination, splice_past
 except ImportError:  # a clone or an installed wheel: flat top-level modules
     from configuration_affectverse import AffectVerseConfig
-    from ewm_affectverse import BeliefAggregator, EmotionWorldModule, Imagination
+    from ewm_affectverse import BeliefAggregator, EmotionWorldModule, Imagination, splice_past
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class AffectVerseOutput(MultimodalCausalLMOutputWithPast):
         imagination_loss: Eq. 21; None at inference or without imagination.
         labels: the labels aligned with ``logits`` (training rebuilds them after truncation).
         imagination_cosine: `(S,)` mean cosine of each rollout step with the future (Table 8), on request.
+        imagination_mse: `(S,)` mean squared error of each rollout step with the future (Table 8), on request.
         belief_attention: `(B, 2*N_b, 2*S*N_s)` MAMA weights, video memory first (Figure 3), on request.
     """
 
@@ -58,6 +59,7 @@ class AffectVerseOutput(MultimodalCausalLMOutputWithPast):
     imagination_loss: torch.FloatTensor | None = None
     labels: torch.LongTensor | None = None
     imagination_cosine: torch.FloatTensor | None = None
+    imagination_mse: torch.FloatTensor | None = None
     belief_attention: torch.FloatTensor | None = None
 
 
@@ -264,11 +266,15 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         n_modalities = has_video.long() + has_audio.long()  # (B,) what the placeholders were laid out for
         self._check_beliefs(input_ids, n_modalities)
         training = self.training and labels is not None
+        # An evaluation forward with labels splits at the fixed config.eval_keep_ratio (Table 8 on held-out clips).
+        evaluating = not self.training and labels is not None and cfg.eval_keep_ratio < 1.0
+        split = (training and cfg.temporal_split) or evaluating
 
         # Temporal split (Eq. 11-12): kappa per training step; nothing is cut at inference.
         video_past, audio_past = video_len.clone(), audio_len.clone()
-        if training and cfg.temporal_split:
-            kappa = cfg.keep_ratio_min + (cfg.keep_ratio_max - cfg.keep_ratio_min) * torch.rand(()).item()
+        if split:
+            kappa = cfg.eval_keep_ratio if evaluating else \
+                cfg.keep_ratio_min + (cfg.keep_ratio_max - cfg.keep_ratio_min) * torch.rand(()).item()
             video_past = torch.floor(kappa * video_len.double()).long()
             audio_past = torch.floor(kappa * audio_len.double()).long()
             # A span too short to split (floor(kappa * L) = 0) stays whole and the EWM does not read it.
@@ -278,13 +284,23 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                                "EWM skips that modality and the LLM sees it whole", int(too_short.sum()), kappa)
             video_past = torch.where(has_video & (video_past == 0), video_len, video_past)
             audio_past = torch.where(has_audio & (audio_past == 0), audio_len, audio_past)
-        use_video = has_video & (video_past < video_len) if training and cfg.temporal_split else has_video.clone()
-        use_audio = has_audio & (audio_past < audio_len) if training and cfg.temporal_split else has_audio.clone()
+        use_video = has_video & (video_past < video_len) if split else has_video.clone()
+        use_audio = has_audio & (audio_past < audio_len) if split else has_audio.clone()
+        dropped_video = dropped_audio = torch.zeros_like(has_video)
         if training and cfg.modality_dropout > 0:  # drop one whole modality for the EWM with p (D.1)
             both = use_video & use_audio
             drop = both & (torch.rand(both.shape, device=both.device) < cfg.modality_dropout)
-            drop_video = drop & (torch.rand(both.shape, device=both.device) < 0.5)
-            use_video, use_audio = use_video & ~drop_video, use_audio & ~(drop & ~drop_video)
+            dropped_video = drop & (torch.rand(both.shape, device=both.device) < 0.5)
+            dropped_audio = drop & ~dropped_video
+            use_video, use_audio = use_video & ~dropped_video, use_audio & ~dropped_audio
+
+        # Which tokens the language model keeps: each modality's past, no padding (and, below, the beliefs the EWM
+        # filled); with modality_dropout_scope="both" not the dropped modality either.
+        keep = attention_mask.bool()
+        rank_v, rank_a = is_video.long().cumsum(1) - 1, is_audio.long().cumsum(1) - 1
+        keep &= ~(is_video & (rank_v >= video_past[:, None])) & ~(is_audio & (rank_a >= audio_past[:, None]))
+        if cfg.modality_dropout_scope == "both":
+            keep &= ~(is_video & dropped_video[:, None]) & ~(is_audio & dropped_audio[:, None])
 
         ewm_out, cached = None, 0
         if self.ewm is not None:
@@ -299,13 +315,15 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                     _crop(cache, cached)
                 video = _left_align(hidden, is_video[:, :prefix], int(video_len.max()))
                 audio = _left_align(hidden, is_audio[:, :prefix], int(audio_len.max()))
+                removed = ~keep[:, :prefix] & attention_mask[:, :prefix].bool()  # truncated or dropped tokens
+                if cfg.ewm_observation == "past" and bool(removed.any()):
+                    # the EWM's past from a pass that never saw the removed tokens; targets stay from the full pass
+                    past_video, past_audio = self._observe_past(embeds, keep, position_ids, is_video, is_audio, prefix)
+                    video = splice_past(video, past_video, torch.where(use_video, video_past, 0))
+                    audio = splice_past(audio, past_audio, torch.where(use_audio, audio_past, 0))
             ewm_out = self.ewm(video, video_len, video_past, audio, audio_len, audio_past, use_video, use_audio,
                                need_weights=need_weights)
 
-        # Which tokens the language model keeps: each modality's past, the beliefs the EWM filled, no padding.
-        keep = attention_mask.bool()
-        rank_v, rank_a = is_video.long().cumsum(1) - 1, is_audio.long().cumsum(1) - 1
-        keep &= ~(is_video & (rank_v >= video_past[:, None])) & ~(is_audio & (rank_a >= audio_past[:, None]))
         if ewm_out is not None:
             keep, embeds = self._inject(input_ids, embeds, keep, n_modalities, use_video, use_audio, ewm_out)
         if bool((keep == attention_mask.bool()).all()):
@@ -313,6 +331,22 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         if cached:
             raise RuntimeError("tokens were removed after pass 1 filled the cache")  # training never reuses it
         return self._compact(embeds, keep, position_ids, labels, ewm_out)
+
+    @torch.no_grad()
+    def _observe_past(self, embeds, keep, position_ids, is_video, is_audio, prefix):
+        """Pass 1 over the kept (past) tokens of the prompt prefix only (``ewm_observation="past"``): the states
+        of each row's video and audio tokens, left-aligned `(B, L_v', d)`, `(B, L_a', d)`; none saw the future."""
+        keep = keep[:, :prefix]
+        count = keep.sum(1)
+        length = max(int(count.max()), 1)
+        mask = (torch.arange(length, device=keep.device)[None] < count[:, None]).long()  # (B, length)
+        positions = torch.stack([_left_align(p[:, :prefix], keep, length) for p in position_ids])
+        positions = torch.where(mask.bool()[None], positions, torch.ones_like(positions))
+        hidden = self._observe(_left_align(embeds[:, :prefix], keep, length), mask, positions, length)
+        video = _left_align(is_video[:, :prefix], keep, length)  # (B, length) bool
+        audio = _left_align(is_audio[:, :prefix], keep, length)
+        return (_left_align(hidden, video, max(int(video.sum(1).max()), 1)),
+                _left_align(hidden, audio, max(int(audio.sum(1).max()), 1)))
 
     def _inject(self, input_ids, embeds, keep, n_modalities, use_video, use_audio, ewm_out):
         """Scatter beliefs into their placeholders (Eq. 8, 20); after modality dropout a row keeps the first
@@ -426,7 +460,9 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
             logits_to_keep (`int`): compute logits for the last positions only (0: all).
             output_hidden_states / output_attentions / return_dict: as the stock thinker, over the sequence the
                 language model saw (belief tokens included).
-            output_imagination (`bool`): return the per-step imagination cosine (Table 8) in training mode.
+            output_imagination (`bool`): return the per-step imagination cosine and MSE (Table 8) wherever the
+                imagination is supervised: in training, and in evaluation with labels when
+                ``config.eval_keep_ratio < 1``.
             output_belief_attention (`bool`): return the MAMA attention weights (Figure 3).
             reuse_prefix_cache (`bool`): in `generate`, let pass 1 prefill the cache (False: the naive two-pass).
         """
@@ -475,6 +511,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
             loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states, attentions=out.attentions,
             image_outputs=prepared.image_outputs, lm_loss=lm_loss, imagination_loss=img_loss, labels=prepared.labels,
             imagination_cosine=ewm.imagination_cosine if ewm is not None and output_imagination else None,
+            imagination_mse=ewm.imagination_mse if ewm is not None and output_imagination else None,
             belief_attention=ewm.attention if ewm is not None and output_belief_attention else None,
         )
 

@@ -59,7 +59,7 @@ from benchmarks.engine import MODALITIES, Engine, Setting
 from benchmarks.score import BENCHMARKS as SCORED
 from benchmarks.scoring import extract_labels, map_to_label_set
 from benchmarks.tiny import tiny_config, tiny_processor
-from configuration_affectverse import AffectVerseConfig
+from configuration_affectverse import AffectVerseConfig, list_presets, preset_fields
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from processing_affectverse import AffectVerseCollator, AffectVerseProcessor
 
@@ -93,6 +93,9 @@ class ModelArguments:
         "Qwen2.5-Omni checkpoint folder (full omni or thinker-only; config model_type qwen2_5_omni, "
         "qwen2_5_omni_thinker or affectverse). Unset: the tiny random preset of benchmarks/tiny.py, built from "
         "--seed (the embedded default).")})
+    preset: str | None = field(default=None, metadata={"help": (
+        "An ablation row of the paper as config values, applied before --ewm_overrides (README, 'Ablation presets'): "
+        + ", ".join(list_presets()) + ".")})
     ewm_overrides: str = field(default="", metadata={"help": (
         "Comma-separated key=value pairs forwarded to AffectVerseConfig, e.g. "
         "'rollout_steps=2,injection=single,imagination_loss_weight=0.5'. Any AffectVerseConfig field: "
@@ -114,6 +117,8 @@ class ModelArguments:
         "runs and nothing prompts.")})
 
     def __post_init__(self):
+        if self.preset is not None:
+            preset_fields(self.preset)  # an unknown name is an error naming the known ones
         if self.model_dtype not in ("auto", "bfloat16", "float32"):
             raise ValueError(f"--model_dtype {self.model_dtype!r}; expected auto, bfloat16 or float32")
 
@@ -268,6 +273,12 @@ def parse_overrides(text: str) -> dict:
             raise ValueError(f"--ewm_overrides: {key}={value!r} is not a {kind.__name__}")
     AffectVerseConfig(**overrides)  # the config's own checks (choices, ranges) before anything is loaded
     return overrides
+
+
+def config_overrides(model_args) -> dict:
+    """The config fields this run sets: the --preset's, then --ewm_overrides (which win)."""
+    preset = preset_fields(model_args.preset) if model_args.preset else {}
+    return {**preset, **parse_overrides(model_args.ewm_overrides)}
 
 
 def check_checkpoint(path: str) -> str:
@@ -522,7 +533,7 @@ PROCESSOR_FILES = {  # what AffectVerseProcessor.from_pretrained needs in a fold
 
 def load_config(model_args):
     """The AffectVerseConfig of the run (EWM overrides applied), without loading any weights."""
-    overrides = parse_overrides(model_args.ewm_overrides)
+    overrides = config_overrides(model_args)
     if model_args.model_name_or_path is None:
         return tiny_config(**overrides)
     path = model_args.model_name_or_path
@@ -578,7 +589,7 @@ def load_model(model_args, data_args, training_args, processor=None):
     kwargs = {"dtype": getattr(torch, dtype)}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
-    path, overrides = model_args.model_name_or_path, parse_overrides(model_args.ewm_overrides)
+    path, overrides = model_args.model_name_or_path, config_overrides(model_args)
     try:
         if model_args.trust_remote_code:
             from transformers import AutoModelForCausalLM
@@ -866,7 +877,7 @@ def main(argv=None):
     check_writable(out)
     if model_args.model_name_or_path is not None:
         check_checkpoint(model_args.model_name_or_path)
-    parse_overrides(model_args.ewm_overrides)
+    config_overrides(model_args)
     record = run_record(model_args, data_args, training_args)
     resume = check_output_dir(training_args, record)
     with training_args.main_process_first(desc="data"):

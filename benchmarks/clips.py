@@ -40,7 +40,13 @@ Speed (one process, libx264 ``veryfast``): about 55 ms of CPU per default clip; 
 CPU (20 s wall on a busy 2-core machine) and 52 MB. The bytes of every file depend only on the
 arguments (x264 runs without macroblock-tree rate control, which is not reproducible at 224 px).
 
-CLI: ``python -m benchmarks.clips --out DIR --n N --seed S``.
+**Temporal-affect clips** (:func:`generate_temporal_clips`, ``--temporal``; the miniature ablation's data): one
+affect level moves linearly from ``v0`` to ``v1`` over the whole clip and the label is the pair (trend, end):
+rising and ending above 0.5 is ``happy``, falling but ending above 0.5 ``neutral``, rising but ending below 0.5
+``worried``, falling to below 0.5 ``sad``. Starts overlap between classes, so a truncated clip shows the trend but
+not the end, and the end has to be extrapolated.
+
+CLI: ``python -m benchmarks.clips --out DIR --n N --seed S [--temporal]``.
 """
 
 from __future__ import annotations
@@ -120,7 +126,12 @@ def progress(t: np.ndarray, midpoint: float) -> np.ndarray:
 def render_frames(start: State, end: State, n_frames: int, size: int, midpoint: float, rng) -> np.ndarray:
     """Frames drifting from ``start`` to ``end`` colour with noise. Returns uint8 (T, size, size, 3)."""
     t = (np.arange(n_frames) + 0.5) / n_frames
-    p = progress(t, midpoint)[:, None]  # (T, 1)
+    return frames_along(start, end, progress(t, midpoint), size, rng)
+
+
+def frames_along(start: State, end: State, p: np.ndarray, size: int, rng) -> np.ndarray:
+    """One noisy frame per value of ``p`` (T,): the colour ``(1 - p) * start + p * end``; uint8 (T, size, size, 3)."""
+    n_frames, p = len(p), np.asarray(p, dtype=float)[:, None]  # (T, 1)
     rgb = (1 - p) * np.array(start.rgb) + p * np.array(end.rgb) + rng.normal(0, 10, 3)  # (T, 3)
     cells = -(-size // 8)
     noise = rng.normal(0, 6, (n_frames, cells, cells, 3)).repeat(8, 1).repeat(8, 2)[:, :size, :size]
@@ -130,7 +141,12 @@ def render_frames(start: State, end: State, n_frames: int, size: int, midpoint: 
 def render_audio(start: State, end: State, n_samples: int, sample_rate: int, midpoint: float, rng) -> np.ndarray:
     """A tone gliding from ``start`` to ``end`` pitch and loudness, with noise. Returns float32 (n_samples,)."""
     t = (np.arange(n_samples) + 0.5) / n_samples
-    p = progress(t, midpoint)
+    return audio_along(start, end, progress(t, midpoint), sample_rate, rng)
+
+
+def audio_along(start: State, end: State, p: np.ndarray, sample_rate: int, rng) -> np.ndarray:
+    """A noisy tone whose pitch and loudness follow ``(1 - p) * start + p * end`` per sample; float32 (len(p),)."""
+    n_samples = len(p)
     freq = ((1 - p) * start.freq + p * end.freq) * (1 + rng.normal(0, 0.02))
     amp = ((1 - p) * start.amp + p * end.amp) * rng.uniform(0.8, 1.2)
     phase = 2 * np.pi * np.cumsum(freq) / sample_rate
@@ -234,6 +250,71 @@ def generate_clips(
     return manifest
 
 
+# --------------------------------------------------------------------------------- temporal-affect clips
+# The label of a temporal-affect clip is a function of its trend and of where it ends (issue 13, the miniature
+# ablation): (rising, ends high) happy, (falling, ends high) neutral, (rising, ends low) worried, (falling, ends
+# low) sad. One affect level v(t) in [0, 1] drives colour, pitch and loudness together.
+TEMPORAL_LABELS = {("up", "high"): "happy", ("down", "high"): "neutral", ("up", "low"): "worried",
+                   ("down", "low"): "sad"}
+LEVEL_LOW = State((45, 65, 150), 196.0, 0.15)  # v = 0: dark blue, low quiet tone
+LEVEL_HIGH = State((235, 190, 60), 523.0, 0.50)  # v = 1: warm yellow, high loud tone
+
+
+def temporal_levels(trend: str, end: str, rng, margin: float = 0.08) -> tuple[float, float]:
+    """(v0, v1): start and end level of a clip of class (``trend``, ``end``), by rejection sampling.
+
+    ``v0 ~ U(0.2, 0.8)`` and a change ``|v1 - v0| ~ U(0.15, 0.5)`` in the trend's direction, kept when the end lies
+    on the requested side of 0.5 by at least ``margin`` and inside [0, 1]. Starts of all four classes overlap, so
+    the opening alone does not give the label: the trend and the end do.
+    """
+    while True:
+        v0, change = rng.uniform(0.2, 0.8), rng.uniform(0.15, 0.5)
+        v1 = v0 + change if trend == "up" else v0 - change
+        if 0.0 <= v1 <= 1.0 and (v1 >= 0.5 + margin if end == "high" else v1 <= 0.5 - margin):
+            return v0, v1
+
+
+def generate_temporal_clips(out_dir, n_clips: int = 160, seed: int = 0, seconds: float = 4.0, fps: int = 6,
+                            size: int = 224, sample_rate: int = 16000, val_fraction: float = 0.0,
+                            test_fraction: float = 0.3) -> Path:
+    """Write ``n_clips`` temporal-affect clips and ``manifest.csv`` (the columns of :func:`generate_clips`, with
+    ``onset`` holding ``v0->v1``); return the manifest path.
+
+    Rule: classes cycle through ``TEMPORAL_LABELS`` (balanced) and splits are drawn as in :func:`plan_clips`; per
+    clip (``default_rng([seed, i + 1])``) the levels come from :func:`temporal_levels` and the level moves
+    linearly, ``v(t) = v0 + (v1 - v0) t`` over the whole clip, so every prefix shows the trend and how fast it goes,
+    and only the last part shows the end. Colour, pitch and loudness are ``(1 - v) * LEVEL_LOW + v * LEVEL_HIGH``,
+    with the noise of :func:`generate_clips`. A model that sees the first kappa of a clip sees the level at
+    ``v(kappa)``: reading "where it is now" gives the wrong end class for clips that cross 0.5 later, while
+    extrapolating the trend (imagining the future) gives the right one.
+    """
+    out = Path(out_dir)
+    (out / "video").mkdir(parents=True, exist_ok=True)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    classes = list(TEMPORAL_LABELS)
+    labels = tuple(TEMPORAL_LABELS[c] for c in classes)
+    n_frames, n_samples = round(seconds * fps), round(seconds * sample_rate)
+    plan = plan_clips(n_clips, seed, labels, 0.0, val_fraction, test_fraction)
+    rows = []
+    for i, (label, split, _, subtitle) in enumerate(plan):
+        rng = np.random.default_rng([seed, i + 1])
+        v0, v1 = temporal_levels(*classes[labels.index(label)], rng)
+        frames = frames_along(LEVEL_LOW, LEVEL_HIGH, v0 + (v1 - v0) * (np.arange(n_frames) + 0.5) / n_frames,
+                              size, rng)
+        audio = audio_along(LEVEL_LOW, LEVEL_HIGH, v0 + (v1 - v0) * (np.arange(n_samples) + 0.5) / n_samples,
+                            sample_rate, rng)
+        name = f"clip_{i:05d}"
+        write_mp4(out / "video" / f"{name}.mp4", frames, fps, audio, sample_rate)
+        write_wav(out / "audio" / f"{name}.wav", audio, sample_rate)
+        rows.append((f"video/{name}.mp4", f"audio/{name}.wav", subtitle, label, split, name, f"{v0:.3f}->{v1:.3f}"))
+    manifest = out / "manifest.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(rows)
+    return manifest
+
+
 def write_bad_media(out_dir) -> dict[str, Path]:
     """Write deliberately broken media for tests; return ``{case: path}``.
 
@@ -274,10 +355,16 @@ def main(argv=None):
     parser.add_argument("--fps", type=int, default=6)
     parser.add_argument("--labels", default="happy,sad,angry,neutral", help="comma-separated label words")
     parser.add_argument("--misleading", type=float, default=0.3, help="fraction of clips opening with another label's cue")
+    parser.add_argument("--temporal", action="store_true",
+                        help="temporal-affect clips instead: the label is the trend and the end (--labels ignored)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    manifest = generate_clips(args.out, n_clips=args.n, seed=args.seed, seconds=args.seconds, fps=args.fps,
-                              labels=tuple(args.labels.split(",")), misleading_fraction=args.misleading)
+    if args.temporal:
+        manifest = generate_temporal_clips(args.out, n_clips=args.n, seed=args.seed, seconds=args.seconds,
+                                           fps=args.fps)
+    else:
+        manifest = generate_clips(args.out, n_clips=args.n, seed=args.seed, seconds=args.seconds, fps=args.fps,
+                                  labels=tuple(args.labels.split(",")), misleading_fraction=args.misleading)
     print(f"{manifest} ({args.n} clips, {time.perf_counter() - t0:.1f} s)")
 
 

@@ -155,6 +155,13 @@ def table2(results: list[dict], metric: str = "main") -> tuple[list[str], list[l
 
 
 # ---------------------------------------------------------------------------------------------------- plots
+# Every figure: the metric named on its axis, kappa as the Greek letter, n per point, a chance line where one exists,
+# 95% bootstrap intervals where the data carry them, one y-scale across the panels, legends outside the data, and
+# both a 200-dpi PNG and a PDF beside it.
+DPI = 200
+PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974")
+
+
 def _pyplot():
     import matplotlib
 
@@ -164,59 +171,154 @@ def _pyplot():
     return plt
 
 
-def plot_robustness(results: list[dict], path: Path) -> Path:
-    """Main score (closed-set where the main one is missing) against kappa, one panel per dataset."""
+def _save(fig, path: Path) -> Path:
+    """``path`` as a 200-dpi PNG and the same stem as PDF; returns the PNG path."""
+    path = Path(path)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def bootstrap_interval(score, n: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap interval of ``score(indices)`` over ``n`` items resampled with replacement.
+
+    Args:
+        score: maps an index array (n,) to a number (e.g. weighted F1 of those clips).
+        n: number of items (clips).
+
+    Returns:
+        ``(low, high)``, or None for ``n == 0``.
+    """
+    import numpy as np
+
+    if n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    values = np.sort([score(rng.integers(0, n, n)) for _ in range(n_boot)])
+    tail = (1 - level) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
+
+
+def _metric_axis(result: dict, key: str) -> str:
+    """Axis title naming the metric of a score entry, in percent."""
+    if key == "closed_set_score":
+        metric = result.get("closed_set_metric") or "closed-set score"
+        return "Acc-2 %" if metric.startswith("Acc-2") else "weighted F1 %"
+    return f"{result.get('main_metric') or 'main score'} %"
+
+
+def _chance(result: dict, key: str) -> float | None:
+    """Chance level in percent: 1/k for a k-label closed set, 50 for Acc-2; None for the open main scores."""
+    if key == "closed_set_score":
+        if (result.get("closed_set_metric") or "").startswith("Acc-2"):
+            return 50.0
+        labels = result.get("label_set")
+        return 100.0 / len(labels) if labels else None
+    return 50.0 if result.get("task") == "sentiment" else None
+
+
+def _limits(values, pad_fraction=0.1, floor=None, ceil=None):
+    values = [v for v in values if v is not None]
+    lo, hi = min(values), max(values)
+    pad = max((hi - lo) * pad_fraction, 1e-3 if hi - lo < 1 else 1.0)
+    lo, hi = lo - pad, hi + pad
+    return (lo if floor is None else max(floor, lo)), (hi if ceil is None else min(ceil, hi))
+
+
+def plot_robustness(results: list[dict], path: Path, names: dict | None = None) -> Path:
+    """Score against kappa, one panel per benchmark, one line per modality setting (Table 2 as a figure).
+
+    Each panel uses the main score when every setting has one, else the closed-set alternative; the axis names the
+    metric. Points carry their 95% bootstrap interval when the entry has ``<key>_ci`` (scores.json of
+    benchmarks.run). ``names`` maps a benchmark key to its title (default: the MER-UniBench name, or the key).
+    """
     plt = _pyplot()
+    names = names or {}
     benches = [b for b in UNIBENCH if any(r["benchmark"] == b for r in results)]
     benches += sorted({r["benchmark"] for r in results} - set(benches))
     cols = min(len(benches), 3)
     rows = -(-len(benches) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    modalities = list(ABLATION_ORDER) + sorted({r["modality"] for r in results} - set(ABLATION_ORDER))
+    colour = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(modalities)}
+    everything, handles = [], {}
     for ax, bench in zip(axes.flat, benches):
         mine = [r for r in results if r["benchmark"] == bench]
-        use_main = all(r.get("main_score") is not None for r in mine)
-        key = "main_score" if use_main else "closed_set_score"
-        for modality in ABLATION_ORDER + tuple(sorted({r["modality"] for r in mine} - set(ABLATION_ORDER))):
-            points = sorted((r["keep_ratio"], r.get(key)) for r in mine if r["modality"] == modality
-                            and r.get(key) is not None)
-            if points:
-                label = next(f"{r['ablation']} ({r['setting']})" for r in mine if r["modality"] == modality)
-                ax.plot(*zip(*points), marker="o", label=label)
-        values = [r[key] for r in mine if r.get(key) is not None]
-        if values:  # scores are x100: keep the axis inside [0, 100] with a margin
-            pad = max(2.0, 0.15 * (max(values) - min(values)))
-            ax.set_ylim(max(0.0, min(values) - pad), min(100.0, max(values) + pad))
-        ax.set_title(f"{_name(bench)} ({'main' if use_main else 'closed-set'})")
-        ax.set_xlabel("keep ratio kappa")
-        ax.set_ylabel("score (x100)")
+        key = "main_score" if all(r.get("main_score") is not None for r in mine) else "closed_set_score"
+        for modality in modalities:
+            points = sorted((r["keep_ratio"], r) for r in mine if r["modality"] == modality and r.get(key) is not None)
+            if not points:
+                continue
+            x = [k for k, _ in points]
+            y = [r[key] for _, r in points]
+            cis = [r.get(f"{key}_ci") for _, r in points]
+            everything += y + [c for ci in cis if ci for c in ci]
+            err = None
+            if all(cis):
+                err = [[v - ci[0] for v, ci in zip(y, cis)], [ci[1] - v for v, ci in zip(y, cis)]]
+            n = sorted({r["n"] for _, r in points})
+            label = f"{points[0][1]['ablation']} ({points[0][1]['setting']}), n={'/'.join(map(str, n))}"
+            line = ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, color=colour[modality], label=label)
+            handles.setdefault(label, line)
+        chance = _chance(mine[0], key)
+        if chance is not None:
+            ax.axhline(chance, color="gray", ls=":", lw=1)
+            handles.setdefault(f"chance ({chance:.3g}%)", ax.lines[-1])
+            everything.append(chance)
+        ax.set_title(names.get(bench, _name(bench)))
+        ax.set_xlabel("κ (observed fraction of each clip)")
+        ax.set_ylabel(_metric_axis(mine[0], key))
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(benches):]:
         ax.axis("off")
-    fig.suptitle("Keep-ratio robustness (Table 2)")
+    if everything:
+        axes.flat[0].set_ylim(*_limits(everything, floor=0.0, ceil=100.0))
+    interval = "95% bootstrap intervals over clips" if any(r.get("main_score_ci") or r.get("closed_set_score_ci")
+                                                           for r in results) else "no intervals in scores.json"
+    fig.suptitle(f"Robustness to truncation and missing modalities ({interval})")
+    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(handles), 3), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
-def plot_imagination(result: dict, path: Path) -> Path:
-    """Per-step imagination cosine (Table 8)."""
+def plot_imagination(result: dict, path: Path, title: str = "") -> Path:
+    """Table 8 as a zoomed dot plot: per-step cosine (and MSE when given) with 95% bootstrap intervals over clips.
+
+    ``result`` is :func:`imagination_quality`'s output (``cosine_per_step``, optional ``cosine_ci``,
+    ``mse_per_step``, ``mse_ci``, ``keep_ratio``, ``n_clips``).
+    """
     plt = _pyplot()
-    steps = result["cosine_per_step"]
-    fig, ax = plt.subplots(figsize=(1.2 * len(steps) + 3, 3.2))
-    bars = ax.bar([f"Step {i + 1}" for i in range(len(steps))], steps, color="#4C72B0")
-    ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    ax.axhline(result["cosine_mean"], color="gray", ls="--", lw=1, label=f"Avg Cos {result['cosine_mean']:.3f}")
-    ax.set_ylim(min(0.0, min(steps) - 0.05), 1.0)
-    ax.set_ylabel("cosine with the real future")
-    ax.set_title(f"Imagination quality (Table 8): kappa={result['keep_ratio']:g}, {result['n_clips']} clips")
-    ax.legend(fontsize=8)
+    panels = [("cosine_per_step", "cosine_ci", "cosine with the real future ↑")]
+    if result.get("mse_per_step"):
+        panels.append(("mse_per_step", "mse_ci", "MSE to the real future ↓"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.6, 3.0), squeeze=False)
+    for ax, (key, ci_key, ylabel) in zip(axes.flat, panels):
+        values = result[key]
+        steps = list(range(1, len(values) + 1))
+        cis = result.get(ci_key)
+        err = None
+        if cis:
+            err = [[v - c[0] for v, c in zip(values, cis)], [c[1] - v for v, c in zip(values, cis)]]
+        ax.errorbar(steps, values, yerr=err, fmt="o", ms=5, capsize=4, color=PALETTE[0])
+        for x, v in zip(steps, values):
+            ax.annotate(f"{v:.4f}", (x, v), textcoords="offset points", xytext=(8, 0), fontsize=7, va="center")
+        ax.set_xticks(steps)
+        ax.set_xticklabels([f"step {s}" for s in steps])
+        ax.set_xlim(0.5, len(steps) + 0.7)
+        ax.set_ylim(*_limits(values + ([c for ci in cis for c in ci] if cis else []), pad_fraction=0.25))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    interval = "95% bootstrap intervals over clips" if result.get("cosine_ci") else "no intervals"
+    head = f"{title}: " if title else ""
+    fig.suptitle(f"{head}imagination quality at κ = {result['keep_ratio']:g}, n = {result['n_clips']} clips "
+                 f"({interval}; y-axis zoomed)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_belief_attention(result: dict, path: Path) -> Path:
@@ -240,15 +342,96 @@ def plot_belief_attention(result: dict, path: Path) -> Path:
     ax.set_title(f"MAMA belief-to-memory attention: {result.get('name', '')}")
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
     y = np.arange(att.shape[0])
-    side.barh(y, mass[:, 0], color="#4C72B0", label="video")
-    side.barh(y, mass[:, 1], left=mass[:, 0], color="#DD8452", label="audio")
+    side.barh(y, mass[:, 0], color=PALETTE[0], label="video")
+    side.barh(y, mass[:, 1], left=mass[:, 0], color=PALETTE[1], label="audio")
     side.set_xlim(0, max(1.0, float(mass.sum(1).max())))
-    side.set_xlabel("modality mass")
-    side.legend(fontsize=6, loc="lower right")
+    side.set_xlabel("attention mass")
+    side.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_ablation_kappa(summary: dict, path: Path, title: str = "temporal-affect clips") -> Path:
+    """The miniature ablation's robustness figure (benchmarks.ablation): score against kappa per row (left) and with
+    each modality removed at kappa = 1 (right), one y-scale; points are the mean over seeds with a 95% bootstrap
+    interval over clips (``ci`` of a cell) or, without one, +- the std over seeds."""
+    plt = _pyplot()
+    rows = {k: r for k, r in summary["rows"].items() if r["seeds"]}
+    kappas = [s for s in summary["settings"] if s.startswith("avt@")]
+    others = ["avt@1"] + [s for s in summary["settings"] if not s.startswith("avt@")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6), sharey=True, gridspec_kw={"width_ratios": [3, 2]})
+    everything, n_clips = [], set()
+    for i, (name, r) in enumerate(rows.items()):
+        colour, shift = PALETTE[i % len(PALETTE)], (i - (len(rows) - 1) / 2) * 0.006
+        for ax, settings, xs in ((left, kappas, [float(s[4:]) + shift for s in kappas]),
+                                 (right, others, [j + shift * 12 for j in range(len(others))])):
+            cells = [r["cells"][s] for s in settings]
+            keep = [j for j, c in enumerate(cells) if c["mean"] is not None]
+            y = [cells[j]["mean"] for j in keep]
+            if not keep:
+                continue
+            err = [[cells[j]["mean"] - (cells[j]["ci"][0] if cells[j].get("ci") else cells[j]["mean"] - cells[j]["std"])
+                    for j in keep],
+                   [(cells[j]["ci"][1] if cells[j].get("ci") else cells[j]["mean"] + cells[j]["std"]) - cells[j]["mean"]
+                    for j in keep]]
+            everything += [v - e for v, e in zip(y, err[0])] + [v + e for v, e in zip(y, err[1])]
+            n_clips.update(str(cells[j]["n_clips"]) for j in keep)
+            ax.errorbar([xs[j] for j in keep], y, yerr=err, marker="o", ms=4, capsize=3, color=colour,
+                        ls="-" if ax is left else "none", label=f"{r['label']} ({len(r['seeds'])} seeds)"
+                        if ax is left else None)
+    for ax in (left, right):
+        ax.axhline(25.0, color="gray", ls=":", lw=1, label="chance (4 labels)" if ax is left else None)
+        ax.grid(alpha=0.3)
+    everything.append(25.0)
+    left.set_xlabel("κ (observed fraction of each test clip, A+V+T)")
+    left.set_ylabel("weighted F1 % (4 labels)")
+    left.invert_xaxis()
+    right.set_xticks(range(len(others)))
+    right.set_xticklabels(["A+V+T"] + ["No Audio" if s == "vt" else "No Video" if s == "at" else s
+                                       for s in others[1:]])
+    right.set_xlabel("modalities at κ = 1.0")
+    left.set_ylim(*_limits(everything, floor=0.0, ceil=100.0))
+    has_ci = any(c.get("ci") for r in rows.values() for c in r["cells"].values())
+    interval = "95% bootstrap intervals over clips" if has_ci else "± std over seeds"
+    fig.suptitle(f"Miniature ablation on {title}: mean over seeds ({interval}), n = {'/'.join(sorted(n_clips))} "
+                 "clips per point and seed", fontsize=9)
+    fig.legend(loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_ablation_imagination(summary: dict, path: Path, title: str = "temporal-affect clips") -> Path:
+    """The miniature ablation's imagination figure: per-step cosine and MSE (held-out, fixed kappa) per row, mean
+    +- std over seeds, zoomed, with the values printed: step-to-step differences stay visible."""
+    plt = _pyplot()
+    rows = {k: r for k, r in summary["rows"].items() if r["imagination"] and r.get("imagination_supervised", True)}
+    panels = [("cosine", "cosine with the real future ↑"), ("mse", "MSE to the real future ↓")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    meta = next(iter(rows.values()))["imagination"]
+    for ax, (key, ylabel) in zip(axes, panels):
+        everything = []
+        for i, r in enumerate(rows.values()):
+            values = r["imagination"][key]
+            if not values:
+                continue
+            steps = [s + 1 + (i - (len(rows) - 1) / 2) * 0.08 for s in range(len(values))]
+            mean = [m for m, _ in values]
+            std = [s for _, s in values]
+            everything += [m - s for m, s in values] + [m + s for m, s in values]
+            ax.errorbar(steps, mean, yerr=std, fmt="o-", ms=4, capsize=3, lw=0.8, color=PALETTE[i % len(PALETTE)],
+                        label=f"{r['label']} ({r['imagination']['n_seeds']} seeds)" if key == "cosine" else None)
+        n_steps = max(len(r["imagination"]["cosine"]) for r in rows.values())
+        ax.set_xticks(range(1, n_steps + 1))
+        ax.set_xticklabels([f"step {s}" for s in range(1, n_steps + 1)])
+        if everything:
+            ax.set_ylim(*_limits(everything, pad_fraction=0.15))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Imagination quality on held-out {title} at κ = {meta['keep_ratio']:g}, n = {meta['n_clips']} "
+                 "clips per seed (mean ± std over seeds; y-axes zoomed)", fontsize=9)
+    fig.legend(loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ model diagnostics
@@ -256,54 +439,58 @@ def _batches(rows, size):
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
-def imagination_quality(model, processor, rows: list[dict], keep_ratio: float = 0.7, batch_size: int = 4) -> dict:
-    """Table 8: per-step cosine between the imagined and the real future, with kappa fixed.
+def imagination_quality(model, processor, rows: list[dict], keep_ratio: float = 0.7, batch_size: int = 1,
+                        n_boot: int = 1000) -> dict:
+    """Table 8 / Figure 4 on held-out clips: per-step cosine and MSE of the imagined with the real future, kappa fixed.
 
-    The model runs in train mode with labels (the answers of the rows' labels), ``keep_ratio_min =
-    keep_ratio_max = keep_ratio`` and no modality dropout, under ``torch.no_grad``; its config and mode are
-    restored afterwards. Clips whose media fail to load are skipped.
-
-    Args:
-        rows: dataset rows (``benchmarks.data``), with both modalities for the full picture.
+    The model runs in evaluation mode with ``config.eval_keep_ratio = keep_ratio`` and labels (the rows' answers):
+    each clip is split at kappa as in training, without modality dropout or any randomness, under
+    ``torch.no_grad``; the config is restored afterwards. Clips run one per forward (``batch_size`` is accepted for
+    compatibility), so the 95% bootstrap intervals are over clips. Clips whose media fail to load are skipped.
 
     Returns:
-        ``{"keep_ratio", "n_clips", "cosine_per_step": [S], "cosine_mean", "imagination_loss", "skipped"}``.
+        ``{"keep_ratio", "n_clips", "cosine_per_step": [S], "cosine_ci": [S x (lo, hi)], "mse_per_step",
+        "mse_ci", "cosine_mean", "mse_mean", "imagination_loss", "skipped"}``.
     """
+    import numpy as np
     import torch
 
     from processing_affectverse import AffectVerseCollator
 
     cfg = model.config
-    saved = (cfg.keep_ratio_min, cfg.keep_ratio_max, cfg.modality_dropout, model.training)
-    cfg.keep_ratio_min = cfg.keep_ratio_max = float(keep_ratio)
-    cfg.modality_dropout = 0.0
+    saved = (cfg.eval_keep_ratio, model.training)
+    cfg.eval_keep_ratio = float(keep_ratio)
     collator = AffectVerseCollator(processor, training=True, on_error="skip")
-    total, loss_sum, n = None, 0.0, 0
+    cosines, mses, losses = [], [], []
     try:
-        model.train()
+        model.eval()
         with torch.no_grad():
-            for chunk in _batches(rows, batch_size):
+            for row in rows:
                 try:
-                    batch = to_device(collator(chunk), model)
-                except ValueError as err:  # every clip of the chunk failed
+                    batch = to_device(collator([row]), model)
+                except ValueError as err:  # the clip failed to load
                     logger.warning("imagination: %s", err)
                     continue
                 out = model(**batch, output_imagination=True)
                 if out.imagination_cosine is None:
                     continue
-                size = batch["input_ids"].shape[0]
-                cos = out.imagination_cosine.float().cpu() * size
-                total = cos if total is None else total + cos
-                loss_sum += float(out.imagination_loss) * size
-                n += size
+                cosines.append(out.imagination_cosine.float().cpu().numpy())
+                mses.append(out.imagination_mse.float().cpu().numpy())
+                losses.append(float(out.imagination_loss))
     finally:
-        cfg.keep_ratio_min, cfg.keep_ratio_max, cfg.modality_dropout = saved[:3]
-        model.train(saved[3])
-    if not n:
+        cfg.eval_keep_ratio = saved[0]
+        model.train(saved[1])
+    if not cosines:
         raise ValueError("imagination_quality: no clip gave an imagination cosine (no audio/video, or all failed)")
-    steps = (total / n).tolist()
-    return {"keep_ratio": float(keep_ratio), "n_clips": n, "cosine_per_step": steps,
-            "cosine_mean": sum(steps) / len(steps), "imagination_loss": loss_sum / n,
+    cos, mse = np.stack(cosines), np.stack(mses)  # (n, S)
+
+    def intervals(values):
+        return [bootstrap_interval(lambda idx, j=j: float(values[idx, j].mean()), len(values), n_boot)
+                for j in range(values.shape[1])]
+
+    return {"keep_ratio": float(keep_ratio), "n_clips": len(cos), "cosine_per_step": cos.mean(0).tolist(),
+            "cosine_ci": intervals(cos), "mse_per_step": mse.mean(0).tolist(), "mse_ci": intervals(mse),
+            "cosine_mean": float(cos.mean()), "mse_mean": float(mse.mean()), "imagination_loss": float(np.mean(losses)),
             "skipped": [list(s) for s in collator.skipped]}
 
 
@@ -365,6 +552,30 @@ def no_main_score_note(results: list[dict]) -> str:
             "table2_closed_set) hold the closed-set alternative.")
 
 
+def manifest_title(manifest: str) -> str:
+    """A figure title for a manifest's samples: its file stem, or its folder's name for a plain manifest.csv."""
+    path = Path(manifest)
+    return f"{path.stem if path.stem != 'manifest' else path.parent.name} (manifest)"
+
+
+def imagination_table(result: dict) -> str:
+    """Table 8 as markdown: per-step cosine and MSE with their 95% bootstrap intervals over clips."""
+    cis = result.get("cosine_ci") or [None] * len(result["cosine_per_step"])
+    mse = result.get("mse_per_step") or [None] * len(cis)
+    mse_cis = result.get("mse_ci") or [None] * len(cis)
+
+    def cell(value, ci, digits=4):
+        if value is None:
+            return MISSING
+        return f"{value:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+    rows = [[f"step {i + 1}", cell(c, ci), cell(m, mci)]
+            for i, (c, ci, m, mci) in enumerate(zip(result["cosine_per_step"], cis, mse, mse_cis))]
+    note = (f"Imagination quality at κ = {result['keep_ratio']:g} on {result['n_clips']} held-out clips: mean and 95% "
+            "bootstrap interval over clips.")
+    return _markdown(["Rollout step", "cosine ↑", "MSE ↓"], rows) + "\n" + note
+
+
 def write_report(run_dir) -> list[Path]:
     """Write the tables, plots and ``report.md`` of a run folder; return the written paths."""
     run = Path(run_dir)
@@ -395,14 +606,19 @@ def write_report(run_dir) -> list[Path]:
         written += _write(run / "calibration", header, rows, note)
         page += ["## Calibration of the label scores (ECE / Brier by keep ratio)", "", _markdown(header, rows), note,
                  ""]
-    written.append(plot_robustness(results, run / "robustness.png"))
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    names = {"manifest": manifest_title(info["manifest"])} if info.get("manifest") else {}
+    written.append(plot_robustness(results, run / "robustness.png", names))
     page += ["## Figures", "", "![keep-ratio robustness](robustness.png)", ""]
     for name, plot, png, caption in (("imagination.json", plot_imagination, "imagination.png", "imagination (Table 8)"),
                                      ("belief_attention.json", plot_belief_attention, "belief_attention.png",
                                       "MAMA attention (Figure 3)")):
         if (run / name).is_file():
-            written.append(plot(json.loads((run / name).read_text()), run / png))
+            data = json.loads((run / name).read_text())
+            written.append(plot(data, run / png))
             page += [f"![{caption}]({png})", ""]
+            if name == "imagination.json":
+                page += [imagination_table(data), ""]
         else:
             logger.warning("%s: missing; %s not drawn", run / name, png)
     (run / "report.md").write_text("\n".join(page), encoding="utf-8")

@@ -432,7 +432,7 @@ def main(argv=None) -> int:
         "model": str(Path(args.model).resolve()), "device": str(device), "dtype": record["dtype"],
         "benchmarks": {b: len(r) for b, r in groups.items()}, "modalities": [m.key for m in args.modality_list],
         "keep_ratios": args.keep_ratio_list, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-        "extractor": args.extractor, "emotion_wheel": args.emotion_wheel, "split": args.split,
+        "extractor": args.extractor, "emotion_wheel": args.emotion_wheel, "split": args.split, "manifest": args.manifest,
         "processes": procs.world}, indent=2))
     if not finished:
         return 0

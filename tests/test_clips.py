@@ -113,3 +113,27 @@ def test_bad_media(tmp_path):
         assert len(container.streams.audio) == 1
     with wave.open(str(bad["truncated_wav"])) as wav:  # the header promises more frames than the file holds
         assert len(wav.readframes(wav.getnframes())) < 2 * wav.getnframes()
+
+
+def test_temporal_clips_label_is_the_trend_and_the_end(tmp_path):
+    """The level (frame brightness along the LOW->HIGH colour axis) rises or falls as the label says, ends on the
+    label's side of 0.5, and the openings of different classes overlap."""
+    from benchmarks.clips import LEVEL_HIGH, LEVEL_LOW, TEMPORAL_LABELS, generate_temporal_clips
+
+    manifest = generate_temporal_clips(tmp_path, n_clips=16, seed=3, seconds=2.0)
+    rows = read_manifest(manifest)
+    assert sorted({r["label"] for r in rows}) == sorted(TEMPORAL_LABELS.values())
+    low, high = np.array(LEVEL_LOW.rgb), np.array(LEVEL_HIGH.rgb)
+    by_label, starts = {v: k for k, v in TEMPORAL_LABELS.items()}, {}
+    for row in rows:
+        means = frame_means(tmp_path / row["video"])
+        level = (means - low) @ (high - low) / ((high - low) @ (high - low))  # (T,) projection on the level axis
+        trend, end = by_label[row["label"]]
+        assert (level[-1] > level[0]) == (trend == "up"), row
+        assert (level[-1] > 0.5) == (end == "high"), row
+        starts.setdefault(row["label"], []).append(level[0])
+    ranges = [(min(v), max(v)) for v in starts.values()]
+    overlapping = sum(lo < hi2 and lo2 < hi for (lo, hi) in ranges for (lo2, hi2) in ranges) - len(ranges)
+    assert overlapping > 0  # the opening alone does not separate the classes
+    assert manifest.read_bytes() == generate_temporal_clips(tmp_path / "again", n_clips=16, seed=3,
+                                                            seconds=2.0).read_bytes()
