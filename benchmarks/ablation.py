@@ -28,9 +28,22 @@ import argparse
 import json
 import logging
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+import torch
+
+import train
+from benchmarks import run
+from benchmarks.clips import generate_temporal_clips
+from benchmarks.data import decode_label, load_manifest
+from benchmarks.engine import load_model
+from benchmarks.report import imagination_quality, plot_ablation_imagination, plot_ablation_kappa
+from benchmarks.scoring import bootstrap_interval, map_to_label_set
+from configuration_affectverse import AffectVerseConfig
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +94,6 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------- one row x seed
 def row_config(row: str):
     """The row's EWM settings on the paper's defaults (what its preset and overrides set)."""
-    import train
-    from configuration_affectverse import AffectVerseConfig
-
     _, preset, overrides = ROWS[row]
     return AffectVerseConfig.from_preset(preset, **train.parse_overrides(overrides))
 
@@ -93,8 +103,6 @@ def train_row(row: str, seed: int, manifest: Path, folder: Path, args) -> Path:
     model = folder / "model"
     if (model / "results.json").is_file() and (model / "config.json").is_file():
         return model
-    import train
-
     _, preset, overrides = ROWS[row]
     argv = ["--preset", preset, "--output_dir", str(model), "--manifest", str(manifest), "--seed", str(seed),
             "--num_train_epochs", str(args.epochs), "--max_steps", str(args.max_steps), "--eval_strategy", "no",
@@ -108,8 +116,6 @@ def train_row(row: str, seed: int, manifest: Path, folder: Path, args) -> Path:
 
 def evaluate_row(model: Path, manifest: Path, folder: Path, seed: int, args):
     """benchmarks.run at every kappa (A+V+T) and with each modality removed (kappa 1), each in its own folder."""
-    from benchmarks import run
-
     common = ["--model", str(model), "--manifest", str(manifest), "--split", "test", "--device", "cpu",
               "--max-new-tokens", str(args.max_new_tokens), "--batch-size", "8", "--seed", str(seed)]
     if not (folder / "eval_kappa" / run.SCORES).is_file():
@@ -123,12 +129,6 @@ def evaluate_row(model: Path, manifest: Path, folder: Path, seed: int, args):
 
 def imagine_row(model: Path, manifest: Path, folder: Path, args):
     """Held-out imagination quality at a fixed kappa on every test clip (rows whose beliefs come from imagination)."""
-    import torch
-
-    from benchmarks.data import load_manifest
-    from benchmarks.engine import load_model
-    from benchmarks.report import imagination_quality
-    from configuration_affectverse import AffectVerseConfig
 
     path = folder / IMAGINATION
     if path.is_file() or not AffectVerseConfig.from_pretrained(model).uses_imagination:
@@ -142,8 +142,6 @@ def imagine_row(model: Path, manifest: Path, folder: Path, args):
 def code_version() -> dict:
     """The git commit of this checkout and whether tracked files differ from it, read once when the study starts
     (the code a process runs is the code it imported)."""
-    import subprocess
-
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
@@ -164,8 +162,6 @@ def code_stamp(folder: Path, version: dict):
 
 def read_row(folder: Path) -> dict | None:
     """{setting: {"score", "accuracy", "n"}, "imagination": {...} or None} of a finished row x seed, else None."""
-    from benchmarks import run
-
     kappa, modality = folder / "eval_kappa" / run.SCORES, folder / "eval_modality" / run.SCORES
     if not (kappa.is_file() and modality.is_file()):
         return None
@@ -183,8 +179,6 @@ def read_row(folder: Path) -> dict | None:
 def weighted_f1(truth, pred) -> float:
     """Weighted F1 (x100) over the classes present in ``truth`` (int arrays; -1 = no label named), as
     ``benchmarks.scoring.closed_set_scores`` computes it with sklearn, in numpy for the bootstrap."""
-    import numpy as np
-
     classes, support = np.unique(truth, return_counts=True)
     f1 = [2 * np.sum((truth == c) & (pred == c)) / (np.sum(truth == c) + np.sum(pred == c)) for c in classes]
     return float(100 * np.dot(f1, support) / len(truth))
@@ -193,10 +187,6 @@ def weighted_f1(truth, pred) -> float:
 def clip_outcomes(folder: Path, test_rows: list[dict]) -> dict:
     """{setting: (truth, prediction)} int arrays over ``test_rows`` from a row x seed's predictions.jsonl files
     (label index in the sorted ground-truth label set, -1 where the answer names none of them)."""
-    import numpy as np
-
-    from benchmarks.data import decode_label
-    from benchmarks.scoring import map_to_label_set
 
     gts = [str(decode_label(r["label"])).lower().strip() for r in test_rows]
     label_set = sorted(set(gts))
@@ -220,8 +210,6 @@ def clip_outcomes(folder: Path, test_rows: list[dict]) -> dict:
 
 def seed_mean_interval(outcomes: list[tuple], n_boot: int = 1000):
     """95% bootstrap interval over clips of the seeds' mean weighted F1 (the same clips resampled for every seed)."""
-    from benchmarks.report import bootstrap_interval
-
     truth = outcomes[0][0]
     return bootstrap_interval(lambda idx: sum(weighted_f1(t[idx], p[idx]) for t, p in outcomes) / len(outcomes),
                               len(truth), n_boot)
@@ -239,8 +227,6 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def summarize(out: Path, rows: list[str], seeds: list[int]) -> dict:
     """Per row and setting: mean, std, 95% bootstrap interval over clips, the seeds that finished, clips per seed."""
-    from benchmarks.data import load_manifest
-
     settings = [f"avt@{k:g}" for k in KAPPAS] + [m for m, _ in MODALITY_SETTINGS]
     summary = {"metric": METRIC_NAME, "settings": settings, "rows": {}}
     manifest = out / "clips" / "manifest.csv"
@@ -323,8 +309,6 @@ def setting_title(setting: str) -> str:
 
 def write_doc(summary: dict, doc: Path, args, seconds: float | None) -> Path:
     """The markdown page: set-up, table, figures, verdict. Numbers come only from ``summary``."""
-    from benchmarks.report import plot_ablation_imagination, plot_ablation_kappa
-
     doc.parent.mkdir(parents=True, exist_ok=True)
     stem = doc.with_suffix("")
     figures = []
@@ -411,8 +395,6 @@ def main(argv=None) -> int:
     manifest = out / "clips" / "manifest.csv"
     if not args.report_only:
         if not manifest.is_file():
-            from benchmarks.clips import generate_temporal_clips
-
             generate_temporal_clips(out / "clips", n_clips=args.clips, seed=0, seconds=args.clip_seconds)
         for seed in args.seed_list:  # seed-major: a study cut short still has every row at the first seeds
             for row in args.row_list:

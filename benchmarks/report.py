@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.engine import to_device
+from benchmarks.scoring import bootstrap_interval
 
 logger = logging.getLogger(__name__)
 
@@ -182,26 +183,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def bootstrap_interval(score, n: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap interval of ``score(indices)`` over ``n`` items resampled with replacement.
-
-    Args:
-        score: maps an index array (n,) to a number (e.g. weighted F1 of those clips).
-        n: number of items (clips).
-
-    Returns:
-        ``(low, high)``, or None for ``n == 0``.
-    """
-    import numpy as np
-
-    if n == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    values = np.sort([score(rng.integers(0, n, n)) for _ in range(n_boot)])
-    tail = (1 - level) / 2
-    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
-
-
 def _metric_axis(result: dict, key: str) -> str:
     """Axis title naming the metric of a score entry, in percent."""
     if key == "closed_set_score":
@@ -220,12 +201,17 @@ def _chance(result: dict, key: str) -> float | None:
     return 50.0 if result.get("task") == "sentiment" else None
 
 
-def _limits(values, pad_fraction=0.1, floor=None, ceil=None):
+def _limits(values, pad_fraction=0.1, floor=None, ceil=None, min_span=0.0):
+    """Axis limits around ``values``, padded, at least ``min_span`` wide, within ``floor`` / ``ceil``."""
     values = [v for v in values if v is not None]
     lo, hi = min(values), max(values)
-    pad = max((hi - lo) * pad_fraction, 1e-3 if hi - lo < 1 else 1.0)
+    pad = max((hi - lo) * pad_fraction, 1e-3 if hi - lo < 1 else 1.0, (min_span - (hi - lo)) / 2)
     lo, hi = lo - pad, hi + pad
-    return (lo if floor is None else max(floor, lo)), (hi if ceil is None else min(ceil, hi))
+    if floor is not None and lo < floor:
+        lo, hi = floor, hi + (floor - lo)
+    if ceil is not None and hi > ceil:
+        lo, hi = (lo - (hi - ceil) if floor is None else max(floor, lo - (hi - ceil))), ceil
+    return lo, hi
 
 
 def plot_robustness(results: list[dict], path: Path, names: dict | None = None) -> Path:
@@ -276,7 +262,7 @@ def plot_robustness(results: list[dict], path: Path, names: dict | None = None) 
     for ax in list(axes.flat)[len(benches):]:
         ax.axis("off")
     if everything:
-        axes.flat[0].set_ylim(*_limits(everything, floor=0.0, ceil=100.0))
+        axes.flat[0].set_ylim(*_limits(everything, floor=0.0, ceil=100.0, min_span=10.0))  # % points
     interval = "95% bootstrap intervals over clips" if any(r.get("main_score_ci") or r.get("closed_set_score_ci")
                                                            for r in results) else "no intervals in scores.json"
     fig.suptitle(f"Robustness to truncation and missing modalities ({interval})")

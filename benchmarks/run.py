@@ -85,6 +85,7 @@ from benchmarks.score import BENCHMARKS as SCORERS
 from benchmarks.score import KINDS, MAIN_METRICS
 from benchmarks.scoring import (
     LLMExtractor,
+    bootstrap_interval,
     calibration_scores,
     closed_set_scores,
     extract_labels,
@@ -240,8 +241,17 @@ def closed_label_sets(groups) -> dict[str, list[str]]:
             if KINDS[rows[0]["task"]] == "hit"}
 
 
-def score_setting(benchmark: str, task: str, gts: list, records: list[dict], wheel) -> dict:
-    """Main score (MER-UniBench) and the closed-set alternative for one benchmark x setting x kappa, x100."""
+def _interval(score, values: tuple[list, list], n_boot: int) -> list[float] | None:
+    """95% bootstrap interval over clips, x100, of ``score(truths, predictions)`` (None when ``n_boot`` is 0)."""
+    truths, preds = values
+    ci = bootstrap_interval(lambda idx: score([truths[i] for i in idx], [preds[i] for i in idx]), len(truths),
+                            n_boot) if n_boot else None
+    return None if ci is None else [_pct(ci[0]), _pct(ci[1])]
+
+
+def score_setting(benchmark: str, task: str, gts: list, records: list[dict], wheel, n_boot: int = 0) -> dict:
+    """Main score (MER-UniBench) and the closed-set alternative for one benchmark x setting x kappa, x100, each
+    with its 95% bootstrap interval over clips (``<key>_ci``) when ``n_boot`` > 0."""
     kind = KINDS[task]
     preds = [r["labels"] if r.get("status") == "ok" else [] for r in records]
     out = {"main_metric": MAIN_METRICS[kind], "main_score": None}
@@ -249,23 +259,31 @@ def score_setting(benchmark: str, task: str, gts: list, records: list[dict], whe
         sentiments = [r.get("sentiment", "") if r.get("status") == "ok" else "" for r in records]
         s = sentiment_scores(gts, sentiments)
         out.update(main_score=_pct(s["weighted_f1"]), acc2=_pct(s["acc2"]), n_scored=s["n_scored"],
-                   closed_set_metric="Acc-2 (non-zero)", closed_set_score=_pct(s["acc2"]))
+                   closed_set_metric="Acc-2 (non-zero)", closed_set_score=_pct(s["acc2"]),
+                   main_score_ci=_interval(lambda g, p: sentiment_scores(g, p)["weighted_f1"], (gts, sentiments),
+                                           n_boot),
+                   closed_set_score_ci=_interval(lambda g, p: sentiment_scores(g, p)["acc2"], (gts, sentiments),
+                                                 n_boot))
         return out
     if wheel is None:
         out["main_note"] = "needs --emotion-wheel"
     elif kind == "hit":
         s = hit_score(gts, preds, wheel)
-        out.update(main_score=_pct(s["hit"]), per_wheel=[_pct(v) for v in s["per_wheel"]], n_scored=s["n_scored"])
+        out.update(main_score=_pct(s["hit"]), per_wheel=[_pct(v) for v in s["per_wheel"]], n_scored=s["n_scored"],
+                   main_score_ci=_interval(lambda g, p: hit_score(g, p, wheel)["hit"], (gts, preds), n_boot))
     else:
         s = ovmerd_scores(gts, preds, wheel)
         out.update(main_score=_pct(s["f1"]), precision=_pct(s["precision"]), recall=_pct(s["recall"]),
-                   n_scored=s["n_scored"])
+                   n_scored=s["n_scored"],
+                   main_score_ci=_interval(lambda g, p: ovmerd_scores(g, p, wheel)["f1"], (gts, preds), n_boot))
     if kind == "hit":
         label_set = label_set_of(benchmark, gts)
         c = closed_set_scores(gts, preds, label_set)
         out.update(closed_set_metric="weighted F1 over the label set", closed_set_score=_pct(c["weighted_f1"]),
                    closed_set_accuracy=_pct(c["accuracy"]), closed_set_n_unmapped=c["n_unmapped"],
-                   label_set=list(label_set))
+                   label_set=list(label_set),
+                   closed_set_score_ci=_interval(lambda g, p: closed_set_scores(g, p, label_set)["weighted_f1"],
+                                                 (gts, preds), n_boot))
         probs = [r.get("label_scores") if r.get("status") == "ok" else None for r in records]
         if any(probs):  # calibration of the label scores (ECE in [0, 1], Brier in [0, 2]; not x100)
             cal = calibration_scores(gts, probs, label_set)
@@ -276,7 +294,7 @@ def score_setting(benchmark: str, task: str, gts: list, records: list[dict], whe
     return out
 
 
-def score_run(groups, modalities, keep_ratios, store, wheel) -> dict:
+def score_run(groups, modalities, keep_ratios, store, wheel, n_boot: int = 0) -> dict:
     """``scores.json``: one entry per benchmark x modality x kappa that has a prediction for every clip."""
     results = []
     for bench, rows in groups.items():
@@ -293,7 +311,7 @@ def score_run(groups, modalities, keep_ratios, store, wheel) -> dict:
                          "ablation": modality.ablation, "keep_ratio": float(kappa), "n": len(rows),
                          "n_errors": sum(r["status"] == "error" for r in records),
                          "seconds_per_clip": round(sum(r["seconds"] for r in records) / len(records), 4)}
-                entry.update(score_setting(bench, task, gts, records, wheel))
+                entry.update(score_setting(bench, task, gts, records, wheel, n_boot))
                 results.append(entry)
     return {"errors": ERROR_SCORING, "results": results}
 
@@ -335,6 +353,8 @@ def parse_args(argv=None):
                    help="clips for the Table 8 imagination cosine (0: skip the imagination and attention plots)")
     p.add_argument("--imagination-keep-ratio", type=float, default=0.7, help="kappa fixed for Table 8")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=200,
+                   help="bootstrap resamples over clips for the 95%% intervals of every score (0: none)")
     p.add_argument("--no-label-scores", action="store_true",
                    help="skip the closed-set label scores (and so ECE / Brier) of the HIT benchmarks")
     args = p.parse_args(argv)
@@ -436,7 +456,7 @@ def main(argv=None) -> int:
         "processes": procs.world}, indent=2))
     if not finished:
         return 0
-    scores = score_run(groups, args.modality_list, args.keep_ratio_list, store, wheel)
+    scores = score_run(groups, args.modality_list, args.keep_ratio_list, store, wheel, args.bootstrap)
     (out / SCORES).write_text(json.dumps(scores, indent=2))
     if args.imagination_clips > 0:
         diagnostics(get_model, groups, args, out)

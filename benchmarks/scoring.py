@@ -432,3 +432,21 @@ class LLMExtractor:
         """Label lists -> ``positive``/``negative``/``neutral``/other (the ``-openset-sentiment.npz`` step)."""
         replies = self.generate([self.sentiment_prompt(labels) for labels in label_lists])
         return [reply.strip().lower() for reply in replies]
+
+
+def bootstrap_interval(score, n: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap interval of ``score(indices)`` over ``n`` items resampled with replacement.
+
+    Args:
+        score: maps an index array (n,) to a number (e.g. weighted F1 of those clips).
+        n: number of items (clips).
+
+    Returns:
+        ``(low, high)``, or None for ``n == 0``.
+    """
+    if n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    values = np.sort([score(rng.integers(0, n, n)) for _ in range(n_boot)])
+    tail = (1 - level) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))

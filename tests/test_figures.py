@@ -100,3 +100,11 @@ def test_report_names_a_manifest_by_its_folder_and_tabulates_imagination():
                                       "mse_ci": [[0.09, 0.11], [0.1, 0.12]]})
     assert "| step 2 | 0.9243 [0.9220, 0.9260] | 0.1100 [0.1000, 0.1200] |" in table
     assert "κ = 0.7 on 8 held-out clips" in table
+
+
+def test_percent_axes_span_at_least_ten_points():
+    """Before: a panel whose scores were all 0 spanned 0-0.001 %, so noise read as a trend."""
+    assert report._limits([0.0, 0.0], floor=0.0, ceil=100.0, min_span=10.0) == (0.0, 10.0)
+    assert report._limits([99.0, 100.0], floor=0.0, ceil=100.0, min_span=10.0) == (90.0, 100.0)
+    lo, hi = report._limits([0.90, 0.92])  # the imagination figure stays zoomed
+    assert hi - lo < 0.1

@@ -181,6 +181,8 @@ def test_closed_set_scores_on_the_clip_labels(finished, inputs, tmp_path):
     assert full["label_set"] == ["angry", "happy", "sad"]
     assert full["closed_set_accuracy"] == 75.0  # 3 right, the broken clip counts as wrong
     assert full["closed_set_score"] == pytest.approx(83.33)  # weighted F1: happy 2/3 (support 2), sad 1, angry 1
+    low, high = full["closed_set_score_ci"]  # 95% bootstrap interval over the 4 clips (the robustness figure's bars)
+    assert low <= full["closed_set_score"] <= high and low < high <= 100
     assert full["main_score"] == (75.0 if WHEEL_DIR.is_dir() else None)  # HIT: 3 of 4 hit in every wheel
     assert 0 <= scores[("vt", 0.5)]["closed_set_accuracy"] <= 100
 
