@@ -223,6 +223,15 @@ def _decord_frames(path: str, indices: list[int], size: int):
     return reader.get_batch(indices).asnumpy()  # (T, size, size, 3)
 
 
+def single_threaded(stream):
+    """``stream`` set to decode without FFmpeg's threads. A decoded stream that outlives its file (held by an
+    error's traceback until the garbage collector frees it) would otherwise be freed in a forked DataLoader worker,
+    which then waits forever on the parent's decoding threads."""
+    stream.codec_context.thread_type = "NONE"
+    stream.codec_context.thread_count = 1
+    return stream
+
+
 def _av_frames(path: str, indices: list[int], src_fps: float, size: int):
     """Frames ``indices`` (sorted) of ``path`` as `(T, size, size, 3)` uint8, seeking over long gaps."""
     import numpy as np
@@ -230,7 +239,7 @@ def _av_frames(path: str, indices: list[int], src_fps: float, size: int):
     av = _import("av")
     out, want, current = [], 0, -1  # want: position in ``indices`` of the next frame; current: last decoded index
     with av.open(path) as container:
-        stream = container.streams.video[0]
+        stream = single_threaded(container.streams.video[0])
         base, tb = stream.start_time or 0, stream.time_base
         while want < len(indices):
             if indices[want] - current > SEEK_GAP * src_fps:  # jump to the keyframe before the next kept frame
@@ -290,7 +299,7 @@ def _av_audio(path: str, sr: int, max_samples: int | None):
         with av.open(path) as container:
             if not container.streams.audio:
                 raise MediaError(path, "no audio track")
-            stream = container.streams.audio[0]
+            stream = single_threaded(container.streams.audio[0])
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
             frames = (f for packet in container.demux(stream) for f in packet.decode())
             for frame in _chain(frames, [None]):  # None flushes the resampler

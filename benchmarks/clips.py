@@ -345,6 +345,30 @@ def write_bad_media(out_dir) -> dict[str, Path]:
     return paths
 
 
+def write_truncated_faststart(path, seed: int = 0) -> Path:
+    """A faststart mp4 (index first) of random 224 px frames with audio, cut to its first 60 %: it opens and
+    decodes partially, then fails mid-stream. Returns its path; the intact file is kept beside it."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    whole = path.with_name("faststart.mp4")
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
+        video = out.add_stream("libx264", rate=6)
+        video.height = video.width = 224
+        video.pix_fmt = "yuv420p"
+        sound = out.add_stream("aac", rate=16000, layout="mono")
+        for frame in rng.integers(0, 255, (24, 224, 224, 3), dtype=np.uint8):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(video.encode())
+        chunk = av.AudioFrame.from_ndarray(rng.normal(0, 0.1, (1, 64000)).astype(np.float32), format="fltp",
+                                           layout="mono")
+        chunk.sample_rate, chunk.pts = 16000, 0
+        out.mux(sound.encode(chunk))
+        out.mux(sound.encode())
+    data = whole.read_bytes()
+    path.write_bytes(data[: int(0.6 * len(data))])
+    return path
+
+
 def main(argv=None):
     """CLI: ``python -m benchmarks.clips --out DIR --n N --seed S``."""
     parser = argparse.ArgumentParser(description="Generate deterministic synthetic affective clips and a manifest.")

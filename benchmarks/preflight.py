@@ -29,7 +29,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from media_affectverse import AUDIO_SHORTFALL, decoder_reason, stream_seconds, wav_duration
+from media_affectverse import AUDIO_SHORTFALL, decoder_reason, single_threaded, stream_seconds, wav_duration
 from processing_affectverse import answer_from_label
 
 logger = logging.getLogger(__name__)
@@ -85,11 +85,11 @@ def probe(path: str, video: bool, audio: bool) -> str | None:
             if video:
                 if not container.streams.video:
                     return "no video stream"
-                streams.append(container.streams.video[0])
+                streams.append(single_threaded(container.streams.video[0]))
             if audio:
                 if not container.streams.audio:
                     return "no audio track"
-                streams.append(container.streams.audio[0])
+                streams.append(single_threaded(container.streams.audio[0]))
             for stream in streams:  # decodes at the start
                 container.seek(0, stream=stream)
                 if next(container.decode(stream), None) is None:

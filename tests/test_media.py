@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import media_affectverse
-from benchmarks.clips import write_bad_media, write_mp4
+from benchmarks.clips import write_bad_media, write_mp4, write_truncated_faststart
 from benchmarks.tiny import TINY_IDS, tiny_processor
 from media_affectverse import load_audio, load_video, probe, video_backend
 
@@ -164,3 +164,41 @@ def test_planned_decoding_equals_decoding_everything_first(long_clip, backend):
     for key in ("input_ids", "labels", "pixel_values_videos", "video_grid_thw", "video_second_per_grid",
                 "input_features", "feature_attention_mask"):
         assert torch.equal(planned[key], everything[key]), key
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork (DataLoader workers fork here)")
+def test_a_failed_decode_leaves_nothing_that_hangs_a_forked_worker(tmp_path):
+    """Before: a truncated file's PyAV stream, kept alive by its error's traceback, held FFmpeg slice threads; the
+    garbage collector of a forked DataLoader worker freed it and waited forever on the parent's threads."""
+    import gc
+    import os
+    import time
+
+    truncated = str(write_truncated_faststart(tmp_path / "truncated_faststart.mp4"))
+    kept = []
+    gc.disable()
+    try:
+        for _ in range(3):
+            try:
+                load_video(truncated, backend="av")
+            except media_affectverse.MediaError as err:
+                cycle = {"err": err}
+                cycle["self"] = cycle  # as pytest and loggers keep errors: freed only by the collector
+                kept.append(cycle)
+        del kept
+        pid = os.fork()
+        if pid == 0:
+            gc.collect()
+            os._exit(0)
+    finally:
+        gc.enable()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung while collecting the parent's PyAV objects")

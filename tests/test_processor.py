@@ -8,12 +8,11 @@ import logging
 import re
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.clips import generate_clips, write_bad_media
+from benchmarks.clips import generate_clips, write_bad_media, write_truncated_faststart
 from benchmarks.tiny import (QWEN2_5_OMNI_CHAT_TEMPLATE, QWEN_NAMED_TOKENS, QWEN_SPECIAL_TOKENS, TINY_IDS,
                              tiny_config, tiny_processor)
 from configuration_affectverse import belief_split
@@ -45,24 +44,7 @@ def backend(request, monkeypatch):
 def media(tmp_path_factory):
     """Bad and good media (benchmarks.clips), plus a faststart mp4 truncated after its index (decodes partially)."""
     paths = write_bad_media(tmp_path_factory.mktemp("media"))
-    rng = np.random.default_rng(0)
-    path = paths["good"].with_name("faststart.mp4")
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
-        video = out.add_stream("libx264", rate=6)
-        video.height = video.width = 224
-        video.pix_fmt = "yuv420p"
-        sound = out.add_stream("aac", rate=16000, layout="mono")
-        for frame in rng.integers(0, 255, (24, 224, 224, 3), dtype=np.uint8):
-            out.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(video.encode())
-        chunk = av.AudioFrame.from_ndarray(rng.normal(0, 0.1, (1, 64000)).astype(np.float32), format="fltp",
-                                           layout="mono")
-        chunk.sample_rate, chunk.pts = 16000, 0
-        out.mux(sound.encode(chunk))
-        out.mux(sound.encode())
-    data = path.read_bytes()
-    paths["truncated_faststart"] = path.with_name("truncated_faststart.mp4")
-    paths["truncated_faststart"].write_bytes(data[: int(0.6 * len(data))])
+    paths["truncated_faststart"] = write_truncated_faststart(paths["good"].with_name("truncated_faststart.mp4"))
     return {k: str(v) for k, v in paths.items()}
 
 
