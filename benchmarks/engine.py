@@ -219,13 +219,13 @@ def _decode_worker_init(worker_id: int):
 
 
 class _DecodeJobs(torch.utils.data.Dataset):
-    """Item i: job i's rows decoded and collated by ``AffectVerseCollator`` (inside a DataLoader worker).
+    """Item i: job i decoded by ``decode_fn(processor, setting(s), rows)`` (inside a DataLoader worker).
 
-    Returns ``(i, batch or None, {name: reason}, seconds)``.
+    Returns ``(i, batch or None, problems, seconds)``; ``decode_fn`` is a module-level function (picklable).
     """
 
-    def __init__(self, processor, jobs: Sequence[tuple[Setting, list[dict]]]):
-        self.processor, self.jobs = processor, jobs
+    def __init__(self, processor, jobs: Sequence[tuple], decode_fn: Callable):
+        self.processor, self.jobs, self.decode_fn = processor, jobs, decode_fn
 
     def __len__(self):
         return len(self.jobs)
@@ -233,8 +233,8 @@ class _DecodeJobs(torch.utils.data.Dataset):
     def __getitem__(self, i):
         setting, rows = self.jobs[i]
         start = time.perf_counter()
-        batch, failed = decode(self.processor, setting, rows)
-        return i, batch, failed, time.perf_counter() - start
+        batch, problems = self.decode_fn(self.processor, setting, rows)
+        return i, batch, problems, time.perf_counter() - start
 
 
 def _name(row: dict) -> str:
@@ -330,12 +330,17 @@ class Engine:
         """(setting, rows, results) per job, in order; the workers decode the next jobs while the model runs."""
         if not jobs:
             return
-        loader = torch.utils.data.DataLoader(
-            _DecodeJobs(self.processor, jobs), batch_size=None, collate_fn=_identity, num_workers=self.num_workers,
-            prefetch_factor=2 if self.num_workers else None, worker_init_fn=_decode_worker_init)
-        for i, batch, failed, decode_seconds in loader:
+        for i, batch, failed, decode_seconds in self.decoded(jobs):
             setting, rows = jobs[i]
             yield setting, rows, self._results(setting, rows, batch, failed, decode_seconds)
+
+    def decoded(self, jobs: Sequence[tuple], decode_fn: Callable | None = None):
+        """``(i, batch, problems, seconds)`` per job, in order, decoded ahead by ``num_workers`` DataLoader workers
+        (``decode_fn``, default :func:`decode`: ``(processor, setting, rows) -> (batch or None, problems)``)."""
+        return torch.utils.data.DataLoader(
+            _DecodeJobs(self.processor, jobs, decode_fn or decode), batch_size=None, collate_fn=_identity,
+            num_workers=self.num_workers, prefetch_factor=2 if self.num_workers else None,
+            worker_init_fn=_decode_worker_init)
 
     def predict(self, setting: Setting, rows: list[dict]) -> list[dict]:
         """Results for one batch, decoded in this process."""

@@ -23,10 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import torch
-
-from benchmarks.engine import MEDIA_ERRORS, MODALITIES, Engine, Setting, _decode_worker_init, _identity, _name, \
-    modality_row
+from benchmarks.engine import MEDIA_ERRORS, MODALITIES, Engine, Setting, _name, modality_row
 from media_affectverse import audio_seconds, load_audio, load_video, probe, sample_indices
 from processing_affectverse import AffectVerseCollator
 
@@ -96,18 +93,9 @@ def decode_trajectory(processor, settings: Sequence[Setting], row: dict):
         return None, f"{type(err).__name__}: {err}"
 
 
-class _TrajectoryJobs(torch.utils.data.Dataset):
-    def __init__(self, processor, jobs):
-        self.processor, self.jobs = processor, jobs
-
-    def __len__(self):
-        return len(self.jobs)
-
-    def __getitem__(self, i):
-        settings, rows = self.jobs[i]
-        start = time.perf_counter()
-        batch, reason = decode_trajectory(self.processor, settings, rows[0])
-        return i, batch, reason, time.perf_counter() - start
+def _decode_clip(processor, settings: list[Setting], rows: list[dict]):
+    """A clip's ratios decoded once (:func:`decode_trajectory`), for :meth:`Engine.decoded`."""
+    return decode_trajectory(processor, settings, rows[0])
 
 
 # ================================================================================================== engine
@@ -139,10 +127,7 @@ class TrajectoryEngine(Engine):
                 for setting, row in zip(settings, rows):
                     yield setting, [row], self.predict(setting, [row])
             return
-        loader = torch.utils.data.DataLoader(
-            _TrajectoryJobs(self.processor, jobs), batch_size=None, collate_fn=_identity, num_workers=self.num_workers,
-            prefetch_factor=2 if self.num_workers else None, worker_init_fn=_decode_worker_init)
-        for i, batch, reason, decode_seconds in loader:
+        for i, batch, reason, decode_seconds in self.decoded(jobs, _decode_clip):
             settings, rows = jobs[i]
             for setting, row, result in zip(settings, rows, self._clip_results(settings, rows, batch, reason,
                                                                                 decode_seconds)):
