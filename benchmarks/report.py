@@ -421,10 +421,6 @@ def plot_ablation_imagination(summary: dict, path: Path, title: str = "temporal-
 
 
 # ------------------------------------------------------------------------------------------ model diagnostics
-def _batches(rows, size):
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
-
-
 def imagination_quality(model, processor, rows: list[dict], keep_ratio: float = 0.7, batch_size: int = 1,
                         n_boot: int = 1000) -> dict:
     """Table 8 / Figure 4 on held-out clips: per-step cosine and MSE of the imagined with the real future, kappa fixed.
