@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, Qwen2_5OmniThinkerForConditionalGeneration
+from transformers import DynamicCache, GenerationMixin, Qwen2_5OmniThinkerForConditionalGeneration
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.initialization import constant_, normal_
 from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
@@ -252,10 +252,62 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         )
         return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
 
+    @torch.no_grad()
+    def _observe_shared(self, input_ids, embeds, attention_mask, position_ids, prefix_len, cache=None):
+        """Pass 1 as :meth:`_observe`, each row's leading tokens that equal the batch's longest prompt's (id, TMRoPE
+        position and embedding after the media scatter, the latter within float noise) computed once, on that row
+        alone: a trajectory's shorter ratios begin like its full clip (docs/design.md). Causal attention makes
+        those tokens' keys, values and states the same in every row that shares them. Returns `(B, prefix, d)`;
+        with ``cache`` (empty) its first ``prefix_len`` columns are filled as :meth:`_observe` fills them."""
+        real = attention_mask[:, :prefix_len].bool()  # (B, P)
+        ref = int(real.sum(1).argmax())
+        start = real.long().argmax(1)  # (B,) first real column (left padding: the longest row starts first)
+        s0 = int(start[ref])
+        if cache is not None and not all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
+            return self._observe(embeds, attention_mask, position_ids, prefix_len, cache)  # sliding/static layers
+        # row b's column start[b] + j against the reference's column s0 + j, j < its prefix length
+        j = torch.arange(prefix_len - s0, device=input_ids.device)
+        cols = start[:, None] + j[None]  # (B, J)
+        inside = cols < prefix_len
+        cols = cols.clamp(max=prefix_len - 1)
+        ref_cols = s0 + j
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
+        tol = max(1e-4, 2 * torch.finfo(embeds.dtype).eps) * float(embeds[ref, s0:prefix_len].abs().amax())
+        same = (inside & real[rows, cols] & (input_ids[rows, cols] == input_ids[ref, ref_cols])
+                & (position_ids[:, rows, cols] == position_ids[:, ref, ref_cols][:, None]).all(0)
+                & ((embeds[rows, cols] - embeds[ref, ref_cols]).abs() <= tol).all(-1))
+        shared = same.long().cumprod(1).sum(1)  # (B,) leading tokens each row shares with the reference
+        split = int((start + shared).min())  # columns [0, split) of every row come from the reference's pass
+        if split <= s0 or bool((start < s0).any()):
+            return self._observe(embeds, attention_mask, position_ids, prefix_len, cache)
+        layer = self.config.ewm_hidden_layer
+        ref_cache = DynamicCache()
+        lm = self.model.language_model
+        head = lm(inputs_embeds=embeds[ref:ref + 1, s0:split], position_ids=position_ids[:, ref:ref + 1, s0:split],
+                  cache=ref_cache, use_cache=True, output_hidden_states=layer != -1, return_dict=True)
+        head = head.last_hidden_state if layer == -1 else head.hidden_states[layer]  # (1, split - s0, d)
+        src = torch.arange(split, device=input_ids.device)[None] - start[:, None]  # (B, split) reference index
+        pad = src < 0
+        src = src.clamp(min=0)
+        target = cache if cache is not None else DynamicCache()
+        for i, ref_layer in enumerate(ref_cache.layers):  # (1, H, split - s0, D) -> (B, H, split, D)
+            keys, values = (t[0][:, src].transpose(0, 1).masked_fill(pad[:, None, :, None], 0)
+                            for t in (ref_layer.keys, ref_layer.values))
+            target.update(keys, values, i)
+        hidden = head[0][src].masked_fill(pad[..., None], 0)  # (B, split, d)
+        if split < prefix_len:
+            tail = lm(inputs_embeds=embeds[:, split:prefix_len], attention_mask=attention_mask[:, :prefix_len],
+                      position_ids=position_ids[..., split:prefix_len], cache=target, use_cache=True,
+                      output_hidden_states=layer != -1, return_dict=True)
+            hidden = torch.cat([hidden, tail.last_hidden_state if layer == -1 else tail.hidden_states[layer]], 1)
+        return hidden
+
     # -- the EWM pass ----------------------------------------------------------------------------------------------
-    def _prepare(self, input_ids, attention_mask, position_ids, labels, media, need_weights=False, cache=None):
+    def _prepare(self, input_ids, attention_mask, position_ids, labels, media, need_weights=False, cache=None,
+                 share_prefix=False):
         """Embed, run the EWM and inject beliefs (Algorithm 1 steps 2-13). ``attention_mask`` `(B, L)`,
-        ``position_ids`` `(3 or 4, B, L)`. With ``cache``, pass 1 fills its leading columns (see ``cached``)."""
+        ``position_ids`` `(3 or 4, B, L)`. With ``cache``, pass 1 fills its leading columns (see ``cached``);
+        ``share_prefix``: see :meth:`_observe_shared`."""
         cfg = self.config
         embeds, image_outputs = self._embed(input_ids, **{k: media.get(k) for k in (
             "input_features", "feature_attention_mask", "pixel_values", "image_grid_thw",
@@ -308,7 +360,8 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
             video = audio = embeds.new_zeros(embeds.shape[0], 1, embeds.shape[-1])  # "random" reads nothing
             if cfg.uses_ewm and prefix > 0:
                 with torch.no_grad():  # targets and inputs of the EWM are detached (Algorithm 1, step 2)
-                    hidden = self._observe(embeds, attention_mask, position_ids, prefix, cache)
+                    hidden = (self._observe_shared(input_ids, embeds, attention_mask, position_ids, prefix, cache)
+                              if share_prefix else self._observe(embeds, attention_mask, position_ids, prefix, cache))
                 if cache is not None:  # keys/values stay valid up to the first belief placeholder of any row
                     beliefs = (input_ids[:, :prefix] == cfg.belief_token_id).any(0).nonzero()
                     cached = int(beliefs[0]) if len(beliefs) else prefix
@@ -444,7 +497,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 audio_feature_lengths=None, position_ids=None, cache=None, inputs_embeds=None, labels=None,
                 use_cache=None, use_audio_in_video=None, video_second_per_grid=None, logits_to_keep=0,
                 output_imagination=False, output_belief_attention=False, reuse_prefix_cache=True,
-                **kwargs: Unpack[TransformersKwargs]):
+                share_prefix=False, **kwargs: Unpack[TransformersKwargs]):
         r"""Two-pass forward (Algorithm 1); the stock thinker's forward where no beliefs are built.
 
         Args:
@@ -465,6 +518,10 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 ``config.eval_keep_ratio < 1``.
             output_belief_attention (`bool`): return the MAMA attention weights (Figure 3).
             reuse_prefix_cache (`bool`): in `generate`, let pass 1 prefill the cache (False: the naive two-pass).
+            share_prefix (`bool`): rows whose prompts begin like the batch's longest one (same ids, positions and
+                media embeddings, e.g. a clip at several observation ratios) reuse its pass-1 keys, values and
+                EWM-layer states for those tokens instead of recomputing them; the results equal the unshared
+                forward's within float tolerance. Not for packed rows.
         """
         self._refuse_merged_adapter_twice()
         media = dict(input_features=input_features, feature_attention_mask=feature_attention_mask,
@@ -494,7 +551,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         else:
             prepared = self._prepare(input_ids, mask2d if mask2d is not None else torch.ones_like(input_ids),
                                      position_ids, labels, media, need_weights=output_belief_attention,
-                                     cache=cache if reuse else None)
+                                     cache=cache if reuse else None, share_prefix=share_prefix)
         c = min(prepared.cached, prepared.embeds.shape[1] - (logits_to_keep if reuse else 0))
         if c < prepared.cached:
             _crop(cache, c)

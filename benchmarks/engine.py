@@ -295,6 +295,7 @@ class Engine:
         self.max_new_tokens, self.batch_size, self.num_workers, self.explain = (max_new_tokens, batch_size,
                                                                                num_workers, explain)
         self.labels = labels if callable(labels) or not labels else [str(label).strip() for label in labels]
+        self.forward_kwargs: dict = {}  # extra model inputs of every prompt pass (a trajectory's share_prefix)
         self._candidates: dict[tuple, list[list[int]]] = {}
         if self.labels is not None and not callable(self.labels):
             self.candidates(self.labels)  # a bad label set fails here, before any clip
@@ -391,15 +392,15 @@ class Engine:
         """(greedy answers, belief attention shares or Nones, ``{label: probability}`` over ``labels`` or Nones)
         for one collated batch."""
         batch = to_device(batch, self.model)
-        generated = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                        pad_token_id=self.processor.tokenizer.pad_token_id,
+        generated = self.model.generate(**batch, **self.forward_kwargs, max_new_tokens=self.max_new_tokens,
+                                        do_sample=False, pad_token_id=self.processor.tokenizer.pad_token_id,
                                         **({"return_dict_in_generate": True, "output_logits": True} if labels else {}))
         tokens = generated.sequences if labels else generated
         new_tokens = tokens[:, batch["input_ids"].shape[1]:]  # generate returns the prompt + the new tokens
         answers = [a.strip() for a in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
         shares = [None] * len(answers)
         if self.explain:
-            out = self.model(**batch, output_belief_attention=True, logits_to_keep=1)
+            out = self.model(**batch, **self.forward_kwargs, output_belief_attention=True, logits_to_keep=1)
             if out.belief_attention is not None:
                 shares = belief_shares(out.belief_attention)
         scores = [None] * len(answers)

@@ -11,12 +11,16 @@ Two ways to compute it, the same results (tests/test_trajectory.py):
 - ``reuse=True`` (default): the clip is decoded once, each ratio's frames and samples are cut from that decode
   by the processor's own counting rule for a file at that ratio (so each ratio's input is exactly what the
   file gives at that ``keep_ratio``), and all the ratios of a clip go through the model as one batch (one
-  ``generate`` and one label-scoring pass). What this shares is the decoding and the batched model passes; the
-  KV cache of the prompt prefix is *not* shared across ratios (see docs/design.md, "Trajectory").
+  ``generate`` and one label-scoring pass). With ``share_prefix=True`` (default) that batch's prompt pass also
+  shares the KV cache across ratios: each shorter ratio's prompt begins like the full clip's (the system
+  prompt and every audio/video token before the first one the cut changes), and those tokens' keys, values and
+  EWM-layer states are computed once, on the longest prompt (the model's ``share_prefix``; docs/design.md,
+  "Trajectory"; benchmarks/trajectory_bench.py prints how many tokens that is).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -99,14 +103,23 @@ def _decode_clip(processor, settings: list[Setting], rows: list[dict]):
 
 
 # ================================================================================================== engine
+def accepts(model, name: str) -> bool:
+    """Whether ``model``'s forward (under a peft wrapper, its base model's) takes the input ``name``: a model
+    folder's own older code may not know ``share_prefix``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(base.forward).parameters
+
+
 class TrajectoryEngine(Engine):
     """An :class:`Engine` whose jobs are clips: the pending ratios of one clip form one job (``reuse=True``:
     decoded once, one batch through the model; ``reuse=False``: one independent prediction per ratio). ``run``
     yields (setting, [row], [result]) per ratio, as ``predict_to_store`` expects."""
 
-    def __init__(self, *args, reuse: bool = True, **kwargs):
+    def __init__(self, *args, reuse: bool = True, share_prefix: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.reuse = reuse
+        if reuse and share_prefix and accepts(self.model, "share_prefix"):
+            self.forward_kwargs = {"share_prefix": True}
 
     def batches(self, work: Sequence[tuple[Setting, dict]]) -> list[tuple[list[Setting], list[dict]]]:
         jobs: list[tuple[list[Setting], list[dict]]] = []
@@ -153,9 +166,10 @@ class TrajectoryEngine(Engine):
 
 def trajectory(model, processor, rows: Sequence[dict], ratios: Sequence[float] = DEFAULT_RATIOS,
                labels: Sequence[str] | None = None, modality: str = "avt", max_new_tokens: int = 64,
-               reuse: bool = True, num_workers: int = 0) -> list[list[dict]]:
+               reuse: bool = True, num_workers: int = 0, share_prefix: bool = True) -> list[list[dict]]:
     """Per row (``{"name", "video", "audio", "subtitle"}`` as ``affectverse predict`` builds them), its results
     at each ratio in ascending order: ``{"keep_ratio", "status", "answer", "label", "label_scores", ...}``.
+    ``reuse`` and ``share_prefix``: see the module docstring (the results are the same either way).
 
     Example:
 
@@ -167,7 +181,7 @@ def trajectory(model, processor, rows: Sequence[dict], ratios: Sequence[float] =
     """
     ratios = parse_ratios(ratios)
     engine = TrajectoryEngine(model, processor, max_new_tokens, batch_size=1, num_workers=num_workers,
-                              labels=labels, reuse=reuse)
+                              labels=labels, reuse=reuse, share_prefix=share_prefix)
     work = [(Setting(MODALITIES[modality], r), row) for row in rows for r in ratios]
     out: dict[str, list[dict]] = {}
     for setting, [row], [result] in engine.run(engine.batches(work)):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from benchmarks.clips import generate_clips
-from benchmarks.engine import MODALITIES, Engine, Setting, decode, label_candidates, to_device
+from benchmarks.engine import MODALITIES, Engine, Setting, decode, label_candidates, modality_row, to_device
 from benchmarks.tiny import tiny_config, tiny_processor
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from pipeline_affectverse import label_scores
-from processing_affectverse import AffectVerseProcessor
+from processing_affectverse import AffectVerseCollator, AffectVerseProcessor
 
 AVT = Setting(MODALITIES["avt"])
 LABELS = ["happy", "sad", "angry", "neutral"]
@@ -97,13 +97,15 @@ def test_engine_and_pipeline_give_label_scores(tiny):
 RATIOS = (0.1, 0.3, 0.6, 1.0)
 
 
-@pytest.mark.parametrize("reuse", [True, False])
-def test_trajectory_equals_independent_predictions(tiny, reuse):
-    """Each ratio's answer and label scores are those of an independent prediction at that keep_ratio."""
+@pytest.mark.parametrize("reuse,share", [(True, True), (True, False), (False, False)])
+def test_trajectory_equals_independent_predictions(tiny, reuse, share):
+    """Each ratio's answer and label scores are those of an independent prediction at that keep_ratio: decoded
+    once and batched, with and without the KV cache shared across ratios, or one prediction per ratio."""
     from benchmarks.trajectory import trajectory
 
     model, processor, rows = tiny
-    curves = trajectory(model, processor, rows, RATIOS, labels=LABELS, max_new_tokens=4, reuse=reuse)
+    curves = trajectory(model, processor, rows, RATIOS, labels=LABELS, max_new_tokens=4, reuse=reuse,
+                        share_prefix=share)
     engine = Engine(model, processor, max_new_tokens=4, batch_size=1, num_workers=0, labels=LABELS)
     for row, curve in zip(rows, curves):
         assert [r["keep_ratio"] for r in curve] == list(RATIOS)
@@ -114,6 +116,69 @@ def test_trajectory_equals_independent_predictions(tiny, reuse):
                 assert abs(r["label_scores"][label] - alone["label_scores"][label]) < 1e-4, (r, alone)
     # the ratios do see different inputs: the scores move along the trajectory
     assert len({tuple(r["label_scores"].values()) for r in curves[0]}) == len(RATIOS)
+
+
+def _lm_tokens(model):
+    """A hook list of (batch, tokens) of each language-model call, and its handle."""
+    seen = []
+    handle = model.model.language_model.register_forward_hook(
+        lambda m, a, kw, out: seen.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True)
+    return seen, handle
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+@pytest.mark.parametrize("layout", ["interleaved", "separate"])
+def test_share_prefix_computes_the_shared_tokens_once_and_changes_nothing(tiny, layer, layout):
+    """Before: every ratio's prompt pass ran over its whole prompt. With share_prefix the tokens a shorter ratio
+    shares with the full clip's prompt are computed once (on that prompt alone): fewer language-model tokens,
+    the same logits, cache and greedy tokens, for the EWM reading the last or an intermediate layer."""
+    from transformers import DynamicCache
+
+    from benchmarks.trajectory import decode_trajectory
+
+    _, _, rows = tiny
+    torch.manual_seed(0)
+    cfg = tiny_config(ewm_hidden_layer=layer)
+    model = AffectVerseForConditionalGeneration(cfg).eval()
+    processor = AffectVerseProcessor.from_model_config(cfg, tiny_processor(), max_length=4096, audio_layout=layout)
+    settings = [Setting(MODALITIES["avt"], r) for r in (0.3, 0.6, 0.8, 1.0)]
+    batch, _ = decode_trajectory(processor, settings, rows[0])
+    mask = batch["attention_mask"].bool()
+    results = {}
+    for share in (False, True):
+        seen, handle = _lm_tokens(model)
+        with torch.no_grad():
+            out = model(**batch, cache=DynamicCache(), use_cache=True, logits_to_keep=1, share_prefix=share)
+            tokens = model.generate(**batch, max_new_tokens=6, do_sample=False, share_prefix=share)
+        handle.remove()
+        keys = out.cache.layers[-1].keys  # (B, H, L, D)
+        results[share] = out.logits[:, -1], keys, tokens, sum(b * n for b, n in seen[:3])
+    (logits, keys, tokens, work), (s_logits, s_keys, s_tokens, s_work) = results[False], results[True]
+    torch.testing.assert_close(s_logits, logits, atol=1e-4, rtol=1e-4)
+    real = mask[:, None, :keys.shape[2], None].expand_as(keys)
+    torch.testing.assert_close(s_keys[real], keys[real], atol=1e-4, rtol=1e-4)
+    assert torch.equal(s_tokens, tokens)
+    assert s_work < 0.8 * work, (s_work, work)  # the prompt pass did less: what it shares is not recomputed
+
+
+def test_share_prefix_without_a_generation_cache_and_with_right_padding(tiny):
+    """The shared pass also serves a forward that returns every position's logits (no generation cache: the
+    language model reruns the whole prompt after it) and right-padded rows (all rows start at column 0)."""
+    from benchmarks.trajectory import ratio_samples
+
+    model, processor, rows = tiny
+    sample = AffectVerseCollator(processor, training=False).sample(modality_row(rows[0], MODALITIES["avt"]))
+    encoded = [processor.encode(s, False, keep, i)
+               for i, (s, keep) in enumerate(ratio_samples(processor, sample, [0.5, 1.0]))]
+    for side in ("left", "right"):
+        batch = processor.collate(encoded, padding_side=side)
+        mask = batch["attention_mask"].bool()
+        with torch.no_grad():
+            plain = model(**batch, output_hidden_states=True)
+            shared = model(**batch, output_hidden_states=True, share_prefix=True)
+        torch.testing.assert_close(shared.logits[mask], plain.logits[mask], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(shared.hidden_states[-1][mask], plain.hidden_states[-1][mask], atol=1e-4,
+                                   rtol=1e-4)
 
 
 def test_shared_decoding_gives_the_files_inputs_at_each_ratio(tiny):
