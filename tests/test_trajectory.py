@@ -118,6 +118,25 @@ def test_trajectory_equals_independent_predictions(tiny, reuse, share):
     assert len({tuple(r["label_scores"].values()) for r in curves[0]}) == len(RATIOS)
 
 
+def test_trajectory_engine_shares_the_prefix_only_where_the_model_takes_it(tiny):
+    """The batched trajectory passes share_prefix to the model; a folder's older model code without that input
+    (or reuse=False) gets nothing extra, instead of failing every batch."""
+    from benchmarks.trajectory import TrajectoryEngine
+
+    model, processor, _ = tiny
+
+    class Older(torch.nn.Module):
+        def forward(self, input_ids=None, reuse_prefix_cache=True, **kwargs):
+            return None
+
+    def made(m, **kw):
+        return TrajectoryEngine(m, processor, 2, batch_size=1, num_workers=0, **kw)
+
+    assert made(model).forward_kwargs == {"share_prefix": True}
+    assert made(model, share_prefix=False).forward_kwargs == made(model, reuse=False).forward_kwargs == {}
+    assert made(Older()).forward_kwargs == {}
+
+
 def _lm_tokens(model):
     """A hook list of (batch, tokens) of each language-model call, and its handle."""
     seen = []
