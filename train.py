@@ -949,8 +949,7 @@ def main(argv=None):
                 datasets=hub.card_datasets(record), run=facts()).save(out / "README.md"))
     if trainer.is_world_process_zero():
         write_results(out, results)
-        summarize(results, model_args, data_args, trainer.state, out, time.time() - t0, len(train_ds), eval_ds,
-                  merged is not None, n_bad)
+        summarize(facts(), out, time.time() - t0, merged is not None)
     if failed:
         stage, err = failed[0]
         raise RuntimeError(f"{', '.join(s for s, _ in failed)} failed after training (results.json records the "
@@ -958,24 +957,11 @@ def main(argv=None):
     return results
 
 
-def summarize(results, model_args, data_args, state, out: Path, seconds: float, n_train: int, eval_ds,
-              exported: bool, n_bad: int = 0):
-    """Print what the run did and where it wrote."""
-    source = model_args.model_name_or_path or "the tiny random preset (benchmarks/tiny.py)"
-    data = ", ".join(filter(None, [data_args.manifest, data_args.benchmarks]))
-    train, lines = results["train"], []
-    lines.append(f"Trained AffectVerse from {source} on {n_train} samples ({data}) for {state.global_step} steps "
-                 f"({state.epoch or 0:.3g} epochs) in {seconds / 60:.1f} min: train loss "
-                 f"{train.get('train_loss', float('nan')):.4f}.")
-    if n_bad:
-        lines.append(f"Left out {n_bad} bad samples found by the pre-flight check ({out / 'bad_samples.jsonl'}).")
-    if "eval_loss" in (results.get("eval") or {}):
-        lines.append(f"Held-out {data_args.eval_split} split ({len(eval_ds)} samples): eval loss "
-                     f"{results['eval']['eval_loss']:.4f}.")
-    gen = results.get("generation")
-    if gen and "accuracy" in gen:
-        chance = f" (chance: {1 / len(gen['label_set']):.3f})" if gen.get("label_set") else ""
-        lines.append(f"Greedy-generation accuracy on {gen['n']} held-out samples: {gen['accuracy']:.3f}{chance}.")
+def summarize(run: dict, out: Path, seconds: float, exported: bool):
+    """Print what the run did (``card_facts``, as the model card says it) and where it wrote."""
+    lines = [f"Trained AffectVerse in {seconds / 60:.1f} min.", *hub.run_lines(run)]
+    if run.get("bad_samples"):
+        lines.append(f"The bad samples are listed in {out / 'bad_samples.jsonl'}.")
     lines.append(f"Wrote to {out.resolve()}:")
     if exported:
         lines.append("  merged model + processor + model card README.md "
@@ -984,7 +970,6 @@ def summarize(results, model_args, data_args, state, out: Path, seconds: float, 
     lines.append(f"  checkpoints: {', '.join(p.name for p in checkpoints(out)) or 'none'}; "
                  "results.json, run_args.json")
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()

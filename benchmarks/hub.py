@@ -236,26 +236,27 @@ def card_datasets(training_args) -> list[str] | None:
     return [b.strip() for b in benchmarks.split(",") if b.strip()] or None
 
 
-def _run_section(run: dict) -> str:
-    """"This run": base model and data as they were, the run's own losses and accuracy (``train.card_facts``)."""
+def run_lines(run: dict) -> list[str]:
+    """What a run did, a sentence a fact: base model and data as they were, the run's own losses and accuracy
+    (``train.card_facts``); the model card's "This run" and train.py's closing summary."""
     def number(value, fmt=".4f"):
         return "not measured" if value is None else format(value, fmt)
 
     skipped = f"; {run['bad_samples']} bad samples left out by the pre-flight check" if run.get("bad_samples") else ""
-    lines = [f"- Base model: {run.get('base')}",
-             f"- Data: {run.get('data') or 'not recorded'} ({run.get('train_samples')} training samples{skipped})",
-             f"- Training: {run.get('steps')} optimizer steps ({run.get('epochs')} epochs), training loss "
+    lines = [f"Base model: {run.get('base')}",
+             f"Data: {run.get('data') or 'not recorded'} ({run.get('train_samples')} training samples{skipped})",
+             f"Training: {run.get('steps')} optimizer steps ({run.get('epochs')} epochs), training loss "
              f"{number(run.get('train_loss'))} (mean over the whole run)"]
     if run.get("eval_split"):
-        lines.append(f"- Held-out `{run['eval_split']}` split ({run.get('eval_samples')} samples): eval loss "
+        lines.append(f"Held-out `{run['eval_split']}` split ({run.get('eval_samples')} samples): eval loss "
                      f"{number(run.get('eval_loss'))}")
     gen = run.get("generation")
     if gen and "accuracy" in gen:
         chance = f", chance {1 / len(gen['label_set']):.3f}" if gen.get("label_set") else ""
-        lines.append(f"- Greedy-generation accuracy on {gen['n']} held-out samples: {gen['accuracy']:.3f}{chance}")
+        lines.append(f"Greedy-generation accuracy on {gen['n']} held-out samples: {gen['accuracy']:.3f}{chance}")
     else:
-        lines.append("- Greedy-generation accuracy: not measured")
-    return "\n".join(lines)
+        lines.append("Greedy-generation accuracy: not measured")
+    return lines
 
 
 TINY_NOTICE = ("> **This is not a usable emotion model.** It is the tiny preset of `train.py`: a small random "
@@ -293,7 +294,7 @@ def model_card(model, reports=None, training_args=None, license="apache-2.0", da
         run_args = ("\n\n<details><summary>This checkpoint's run</summary>\n\n| argument | value |\n|---|---|\n"
                     f"{rows}\n\n</details>")
     recipe = "\n".join(f"| {name} | {value} |" for name, value in PAPER_RECIPE)
-    this_run = f"\n## This run\n\n{_run_section(run)}\n" if run else ""
+    this_run = "\n## This run\n\n" + "".join(f"- {line}\n" for line in run_lines(run)) if run else ""
     recipe_note = ("The paper's recipe, for reference; this tiny run used its own arguments (below)." if tiny else
                    "This run's own arguments are listed below the table." if training_args is not None else "")
     data_words = GENERATED_DATA if run.get("generated") else "the data listed under \"This run\""
