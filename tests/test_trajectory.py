@@ -200,19 +200,32 @@ def test_share_prefix_without_a_generation_cache_and_with_right_padding(tiny):
                                    rtol=1e-4)
 
 
-def test_shared_decoding_gives_the_files_inputs_at_each_ratio(tiny):
+@pytest.mark.parametrize("modality", ["avt", "at", "vt"])
+def test_shared_decoding_gives_the_files_inputs_at_each_ratio(tiny, modality):
+    """Decoded once, each ratio's ids, audio features and video patches are the file's own at that keep_ratio
+    (A+T reads the clip's audio as a file, V+T has no audio)."""
     from benchmarks.trajectory import decode_trajectory
 
     model, processor, rows = tiny
-    settings = [Setting(MODALITIES["avt"], r) for r in RATIOS]
+    settings = [Setting(MODALITIES[modality], r) for r in RATIOS]
     shared, reason = decode_trajectory(processor, settings, rows[0])
     assert reason is None
+    grids = shared.get("video_grid_thw")
+    patches = grids.prod(-1).tolist() if grids is not None else []
     for i, setting in enumerate(settings):
         alone, _ = decode(processor, setting, rows[:1])
         n = int(alone["attention_mask"].sum())
         assert shared["input_ids"][i, -n:].tolist() == alone["input_ids"][0].tolist()
-    full, _ = decode(processor, settings[-1], rows[:1])
-    assert torch.equal(shared["video_grid_thw"][-1], full["video_grid_thw"][0])
+        if "a" in modality:
+            frames = int(alone["feature_attention_mask"].sum())
+            assert int(shared["feature_attention_mask"][i].sum()) == frames
+            assert torch.equal(shared["input_features"][i, :, :frames], alone["input_features"][0, :, :frames])
+        if "v" in modality:
+            assert torch.equal(grids[i], alone["video_grid_thw"][0])
+            rows_i = shared["pixel_values_videos"][sum(patches[:i]):sum(patches[:i + 1])]
+            assert torch.equal(rows_i, alone["pixel_values_videos"])
+        else:
+            assert "pixel_values_videos" not in alone and grids is None
 
 
 def test_trajectory_of_a_bad_clip_is_an_error_per_ratio(tiny, tmp_path):
@@ -344,25 +357,6 @@ def test_engine_batches_never_mix_label_sets(tiny):
     results = engine.predict(AVT, [dict(rows[0], benchmark="b"), dict(rows[1], benchmark="b")])
     assert all(set(r["label_scores"]) == set(sets["b"]) for r in results)
     assert "label_scores" not in engine.predict(AVT, [dict(rows[0], benchmark="c")])[0]
-
-
-@pytest.mark.parametrize("modality", ["at", "vt"])
-def test_shared_decoding_without_a_modality(tiny, modality):
-    """A+T reads the clip's audio as a file, V+T has no audio: each ratio still gets the file's own input."""
-    from benchmarks.trajectory import decode_trajectory
-
-    model, processor, rows = tiny
-    settings = [Setting(MODALITIES[modality], r) for r in RATIOS]
-    shared, reason = decode_trajectory(processor, settings, rows[0])
-    assert reason is None
-    for i, setting in enumerate(settings):
-        alone, _ = decode(processor, setting, rows[:1])
-        n = int(alone["attention_mask"].sum())
-        assert shared["input_ids"][i, -n:].tolist() == alone["input_ids"][0].tolist()
-        key = "input_features" if modality == "at" else "pixel_values_videos"
-        if key == "input_features":
-            frames = int(alone["feature_attention_mask"].sum())
-            assert torch.equal(shared[key][i, :, :frames], alone[key][0, :, :frames])
 
 
 def test_label_scores_agree_with_greedy_generation_where_the_answer_is_a_label(tiny):
