@@ -241,13 +241,14 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         idx = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
         return (av * idx).amax(1)
 
-    def _observe(self, embeds, attention_mask, position_ids, prefix_len, cache=None):
-        """Pass 1: the thinker over the prompt prefix; the hidden layer the EWM reads. With ``cache`` (an empty
-        generation cache) its keys/values are written there for reuse."""
+    def _observe(self, embeds, attention_mask, position_ids, prefix_len, cache=None, start=0):
+        """Pass 1: the thinker over the prompt prefix; the hidden layer the EWM reads, `(B, prefix_len - start,
+        d)`. With ``cache`` (an empty generation cache, or one holding the first ``start`` columns) its
+        keys/values are written there for reuse."""
         layer = self.config.ewm_hidden_layer
         out = self.model.language_model(
-            inputs_embeds=embeds[:, :prefix_len], attention_mask=attention_mask[:, :prefix_len],
-            position_ids=position_ids[..., :prefix_len], cache=cache, use_cache=cache is not None,
+            inputs_embeds=embeds[:, start:prefix_len], attention_mask=attention_mask[:, :prefix_len],
+            position_ids=position_ids[..., start:prefix_len], cache=cache, use_cache=cache is not None,
             output_hidden_states=layer != -1, output_attentions=False, return_dict=True,
         )
         return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
@@ -259,12 +260,12 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         alone: a trajectory's shorter ratios begin like its full clip (docs/design.md). Causal attention makes
         those tokens' keys, values and states the same in every row that shares them. Returns `(B, prefix, d)`;
         with ``cache`` (empty) its first ``prefix_len`` columns are filled as :meth:`_observe` fills them."""
+        if cache is not None and not all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
+            return self._observe(embeds, attention_mask, position_ids, prefix_len, cache)  # sliding/static layers
         real = attention_mask[:, :prefix_len].bool()  # (B, P)
         ref = int(real.sum(1).argmax())
         start = real.long().argmax(1)  # (B,) first real column (left padding: the longest row starts first)
         s0 = int(start[ref])
-        if cache is not None and not all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
-            return self._observe(embeds, attention_mask, position_ids, prefix_len, cache)  # sliding/static layers
         # row b's column start[b] + j against the reference's column s0 + j, j < its prefix length
         j = torch.arange(prefix_len - s0, device=input_ids.device)
         cols = start[:, None] + j[None]  # (B, J)
@@ -280,12 +281,9 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         split = int((start + shared).min())  # columns [0, split) of every row come from the reference's pass
         if split <= s0 or bool((start < s0).any()):
             return self._observe(embeds, attention_mask, position_ids, prefix_len, cache)
-        layer = self.config.ewm_hidden_layer
         ref_cache = DynamicCache()
-        lm = self.model.language_model
-        head = lm(inputs_embeds=embeds[ref:ref + 1, s0:split], position_ids=position_ids[:, ref:ref + 1, s0:split],
-                  cache=ref_cache, use_cache=True, output_hidden_states=layer != -1, return_dict=True)
-        head = head.last_hidden_state if layer == -1 else head.hidden_states[layer]  # (1, split - s0, d)
+        head = self._observe(embeds[ref:ref + 1, s0:], attention_mask[ref:ref + 1, s0:],
+                             position_ids[:, ref:ref + 1, s0:], split - s0, ref_cache)  # (1, split - s0, d)
         src = torch.arange(split, device=input_ids.device)[None] - start[:, None]  # (B, split) reference index
         pad = src < 0
         src = src.clamp(min=0)
@@ -296,10 +294,8 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
             target.update(keys, values, i)
         hidden = head[0][src].masked_fill(pad[..., None], 0)  # (B, split, d)
         if split < prefix_len:
-            tail = lm(inputs_embeds=embeds[:, split:prefix_len], attention_mask=attention_mask[:, :prefix_len],
-                      position_ids=position_ids[..., split:prefix_len], cache=target, use_cache=True,
-                      output_hidden_states=layer != -1, return_dict=True)
-            hidden = torch.cat([hidden, tail.last_hidden_state if layer == -1 else tail.hidden_states[layer]], 1)
+            tail = self._observe(embeds, attention_mask, position_ids, prefix_len, target, start=split)
+            hidden = torch.cat([hidden, tail], 1)
         return hidden
 
     # -- the EWM pass ----------------------------------------------------------------------------------------------

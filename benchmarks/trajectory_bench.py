@@ -42,10 +42,9 @@ LABELS = ["happy", "sad", "angry", "neutral"]
 
 
 @torch.no_grad()
-def prompt_work(model, processor, row: dict, share: bool) -> int:
-    """Rows x tokens the language model ran over in the 10-ratio batch's prompt pass (pass 1 and pass 2, the
-    reference prompt's shared pass included)."""
-    batch, _ = decode_trajectory(processor, [Setting(MODALITIES["avt"], r) for r in DEFAULT_RATIOS], row)
+def prompt_work(model, batch, share: bool) -> int:
+    """Rows x tokens the language model ran over in one prompt pass of ``batch`` (pass 1 and pass 2, the
+    reference prompt's shared pass included), padding included."""
     seen = []
     handle = model.model.language_model.register_forward_hook(
         lambda m, a, kw, out: seen.append(kw["inputs_embeds"].shape[0] * kw["inputs_embeds"].shape[1]),
@@ -82,7 +81,7 @@ def measure(preset: str, layout: str, row: dict, args) -> dict:
     best = {name: min(t) for name, t in times.items()}
     batch, _ = decode_trajectory(processor, [Setting(MODALITIES["avt"], r) for r in DEFAULT_RATIOS], row)
     return {"preset": preset, "layout": layout, **best, "tokens": int(batch["attention_mask"].sum()),
-            "work": prompt_work(model, processor, row, False), "shared_work": prompt_work(model, processor, row, True),
+            "work": prompt_work(model, batch, False), "shared_work": prompt_work(model, batch, True),
             "vs_independent": best["trajectory"] / best["10 independent"],
             "batched_vs_independent": best["batched"] / best["10 independent"],
             "vs_one": best["trajectory"] / best["one prediction"]}

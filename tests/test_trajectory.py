@@ -137,14 +137,6 @@ def test_trajectory_engine_shares_the_prefix_only_where_the_model_takes_it(tiny)
     assert made(Older()).forward_kwargs == {}
 
 
-def _lm_tokens(model):
-    """A hook list of (batch, tokens) of each language-model call, and its handle."""
-    seen = []
-    handle = model.model.language_model.register_forward_hook(
-        lambda m, a, kw, out: seen.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True)
-    return seen, handle
-
-
 @pytest.mark.parametrize("layer", [-1, 1])
 @pytest.mark.parametrize("layout", ["interleaved", "separate"])
 def test_share_prefix_computes_the_shared_tokens_once_and_changes_nothing(tiny, layer, layout):
@@ -154,6 +146,7 @@ def test_share_prefix_computes_the_shared_tokens_once_and_changes_nothing(tiny, 
     from transformers import DynamicCache
 
     from benchmarks.trajectory import decode_trajectory
+    from benchmarks.trajectory_bench import prompt_work
 
     _, _, rows = tiny
     torch.manual_seed(0)
@@ -165,13 +158,11 @@ def test_share_prefix_computes_the_shared_tokens_once_and_changes_nothing(tiny, 
     mask = batch["attention_mask"].bool()
     results = {}
     for share in (False, True):
-        seen, handle = _lm_tokens(model)
         with torch.no_grad():
             out = model(**batch, cache=DynamicCache(), use_cache=True, logits_to_keep=1, share_prefix=share)
             tokens = model.generate(**batch, max_new_tokens=6, do_sample=False, share_prefix=share)
-        handle.remove()
         keys = out.cache.layers[-1].keys  # (B, H, L, D)
-        results[share] = out.logits[:, -1], keys, tokens, sum(b * n for b, n in seen[:3])
+        results[share] = out.logits[:, -1], keys, tokens, prompt_work(model, batch, share)
     (logits, keys, tokens, work), (s_logits, s_keys, s_tokens, s_work) = results[False], results[True]
     torch.testing.assert_close(s_logits, logits, atol=1e-4, rtol=1e-4)
     real = mask[:, None, :keys.shape[2], None].expand_as(keys)
