@@ -971,5 +971,6 @@ def summarize(run: dict, out: Path, seconds: float, exported: bool):
                  "results.json, run_args.json")
     print("\n".join(lines))
 
+
 if __name__ == "__main__":
     main()
