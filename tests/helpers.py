@@ -4,7 +4,11 @@ where the reference files of ``../shared`` are."""
 import os
 from pathlib import Path
 
+import torch
+
 from benchmarks.synthetic import PATCH_DIM, audio_tokens, build_batch, build_sample, tiny, tiny_full_omni  # noqa: F401
+from benchmarks.tiny import tiny_config, tiny_processor
+from modeling_affectverse import AffectVerseForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_ENV = "AFFECTVERSE_SHARED"
@@ -25,6 +29,15 @@ def locate_shared() -> Path:
 
 
 SHARED = locate_shared()
+
+
+def save_tiny_model(folder: Path):
+    """The tiny preset (seed 0), eval mode, saved with its processor to ``folder`` as a model folder; returned."""
+    torch.manual_seed(0)
+    model = AffectVerseForConditionalGeneration(tiny_config()).eval()
+    model.save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    return model
 
 
 def write_mini_wheel(folder: Path) -> Path:

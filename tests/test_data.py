@@ -183,16 +183,21 @@ def test_unshipped_layouts(tmp_path, name, folder, video_dir, audio_dir, key):
     assert ds["subtitle"][:2] == ["line s0", ""]
 
 
-def test_merge_benchmarks_keeps_types_decodable(tmp_path):
+def _three_sources(tmp_path, openset: str, manifest_text: str) -> list:
+    """An OV-MERD+ clip labelled ``openset``, a CH-SIMS clip of valence -0.4 and a manifest, loaded."""
     folder = tmp_path / "ovmerdplus-process"
     folder.mkdir()
-    pd.DataFrame({"name": ["a"], "openset": ["[calm]"]}).to_csv(folder / "ovlabel.csv", index=False)
+    pd.DataFrame({"name": ["a"], "openset": [openset]}).to_csv(folder / "ovlabel.csv", index=False)
     pd.DataFrame({"name": ["a"], "sentence": ["hi"]}).to_csv(folder / "subtitle_eng.csv", index=False)
     write_label_npz(tmp_path / "sims-process" / "label.npz", test_corpus={"v_1": {"emo": 0, "val": -0.4}})
     write_subtitles(tmp_path / "sims-process" / "transcription-engchi-polish.csv", ["v_1"])
     manifest = tmp_path / "m.csv"
-    manifest.write_text("video,label,split,extra\nx.mp4,happy,test,1\n")
-    merged = merge_benchmarks([load_benchmark("ovmerdplus", tmp_path), load_benchmark("sims", tmp_path), load_manifest(manifest)])
+    manifest.write_text(manifest_text)
+    return [load_benchmark("ovmerdplus", tmp_path), load_benchmark("sims", tmp_path), load_manifest(manifest)]
+
+
+def test_merge_benchmarks_keeps_types_decodable(tmp_path):
+    merged = merge_benchmarks(_three_sources(tmp_path, "[calm]", "video,label,split,extra\nx.mp4,happy,test,1\n"))
     assert merged.column_names == list(FEATURES)
     assert [decode_label(x) for x in merged["label"]] == [["calm"], -0.4, "happy"]
     assert merged["task"] == ["openset", "sentiment", "emotion"]
@@ -202,16 +207,7 @@ def test_merge_benchmarks_keeps_types_decodable(tmp_path):
 
 def test_typed_label_columns_merge_and_read_directly(tmp_path):
     """An emotion-word, a valence and a label-list column, None where they do not apply, through a merge."""
-    folder = tmp_path / "ovmerdplus-process"
-    folder.mkdir()
-    pd.DataFrame({"name": ["a"], "openset": ["[calm, tired]"]}).to_csv(folder / "ovlabel.csv", index=False)
-    pd.DataFrame({"name": ["a"], "sentence": ["hi"]}).to_csv(folder / "subtitle_eng.csv", index=False)
-    write_label_npz(tmp_path / "sims-process" / "label.npz", test_corpus={"v_1": {"emo": 0, "val": -0.4}})
-    write_subtitles(tmp_path / "sims-process" / "transcription-engchi-polish.csv", ["v_1"])
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("video,label,split\nx.mp4,happy,test\n")
-    merged = merge_benchmarks([load_benchmark("ovmerdplus", tmp_path), load_benchmark("sims", tmp_path),
-                               load_manifest(manifest)])
+    merged = merge_benchmarks(_three_sources(tmp_path, "[calm, tired]", "video,label,split\nx.mp4,happy,test\n"))
     assert merged["emotion"] == [None, None, "happy"]
     assert merged["valence"] == [None, -0.4, None]
     assert merged["labels"] == [["calm", "tired"], None, None]

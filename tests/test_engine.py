@@ -24,6 +24,7 @@ from benchmarks.engine import MODALITIES, Engine, Progress, Setting
 from benchmarks.store import PredictionStore, StoreError
 from benchmarks.tiny import tiny_config, tiny_processor
 from modeling_affectverse import AffectVerseForConditionalGeneration
+from tests.helpers import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = {"model": {"fingerprint": "abc"}, "generation": {"max_new_tokens": 4}}
@@ -123,10 +124,7 @@ def test_merge_takes_shard_records(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
-    torch.manual_seed(0)
-    model = AffectVerseForConditionalGeneration(tiny_config()).eval()
-    model.save_pretrained(root / "model")
-    tiny_processor().save_pretrained(root / "model")
+    model = save_tiny_model(root / "model")
     generate_clips(root / "clips", n_clips=3, seconds=2.0)
     clips = sorted((root / "clips" / "video").glob("*.mp4"))
     bad = write_bad_media(root / "bad")

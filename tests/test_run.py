@@ -19,9 +19,9 @@ from PIL import Image
 
 from benchmarks import report, run
 from benchmarks.clips import generate_clips, write_bad_media
-from benchmarks.tiny import tiny_config, tiny_processor
+from benchmarks.tiny import tiny_config
 from modeling_affectverse import AffectVerseForConditionalGeneration
-from tests.helpers import SHARED
+from tests.helpers import SHARED, save_tiny_model
 
 WHEEL_DIR = SHARED / "merunibench" / "emotion_wheel"
 MODALITIES, KEEP_RATIOS = ("avt", "at", "vt"), ("1.0", "0.5")
@@ -33,9 +33,7 @@ N_SETTINGS = len(MODALITIES) * len(KEEP_RATIOS)
 def inputs(tmp_path_factory):
     """A saved tiny model + processor and a manifest of 3 test clips with a corrupt video as its second row."""
     root = tmp_path_factory.mktemp("run_inputs")
-    torch.manual_seed(0)
-    AffectVerseForConditionalGeneration(tiny_config()).save_pretrained(root / "model")
-    tiny_processor().save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     manifest = generate_clips(root / "clips", n_clips=3, seed=0, seconds=2.0, val_fraction=0.0, test_fraction=1.0)
     with open(manifest, newline="") as fh:
         rows = list(csv.DictReader(fh))

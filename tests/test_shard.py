@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks import run
 from benchmarks.clips import generate_clips
 from benchmarks.store import shard_files, shard_path
-from benchmarks.tiny import tiny_config, tiny_processor
 from modeling_affectverse import AffectVerseForConditionalGeneration
+from tests.helpers import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,9 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def single(tmp_path_factory):
     """A saved tiny model, 5 clips, and a one-process run over 2 settings."""
     root = tmp_path_factory.mktemp("shard")
-    torch.manual_seed(0)
-    AffectVerseForConditionalGeneration(tiny_config()).save_pretrained(root / "model")
-    tiny_processor().save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     manifest = generate_clips(root / "clips", n_clips=5, seed=0, seconds=2.0, val_fraction=0.0, test_fraction=1.0)
     args = ["--model", str(root / "model"), "--manifest", str(manifest), "--split", "all", "--modalities", "avt,vt",
             "--max-new-tokens", "3", "--device", "cpu", "--imagination-clips", "0", "--batch-size", "2",
