@@ -148,7 +148,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
 
     def lora_probe(self) -> dict | None:
         """The first LoRA layer's name and LORA_PROBE values of its lora_A: what ``config.merged_adapter["probe"]``
-        records when an adapter is merged in (``train.export``), so the same adapter cannot be applied again."""
+        records when an adapter is merged in (``affectverse.training.export.export``), so the same adapter cannot be applied again."""
         return next(({"module": name, "values": values.tolist()} for name, _, values in lora_probes(self)), None)
 
     def _refuse_merged_adapter_twice(self):

@@ -1,8 +1,8 @@
 """The ``emotion-recognition`` pipeline: a clip in, AffectVerse's answer and its emotion labels out.
 
-Remote code: imports only torch, transformers, the standard library and its sibling file at module level. It travels in
-every checkpoint folder (``processing_affectverse`` imports it, so ``save_pretrained`` copies it with the processor's
-code; ``train.py``'s export writes ``custom_pipelines`` into ``config.json``), so::
+Remote code: imports only torch, transformers, the standard library and its sibling files at module level; nothing
+imports it but the library. ``affectverse.hub.export_for_hub`` (``affectverse export`` and train.py's export) copies it
+into the folder and writes ``custom_pipelines`` into ``config.json``, so::
 
     >>> from transformers import pipeline
     >>> pipe = pipeline("emotion-recognition", model="path/to/affectverse", trust_remote_code=True)
@@ -14,14 +14,13 @@ code; ``train.py``'s export writes ``custom_pipelines`` into ``config.json``), s
 
 Inputs: a path (video, with its own audio track when it has one; ``audio=None`` in a dict turns audio off), or a
 dict with ``video`` / ``audio`` / ``subtitle`` / ``question`` as [`AffectVerseProcessor`] takes them. A batch is one
-``generate`` call on one padded [`AffectVerseProcessor`] batch. Labels come from ``benchmarks.scoring.extract_labels``
-where the package is installed, else from the answer's ``"The character's emotional state is a, b."`` form.
+``generate`` call on one padded [`AffectVerseProcessor`] batch. Labels come from the answer by the processor's rule
+(``processing_affectverse.extract_labels``), as ``affectverse predict`` and the scorers read them.
 """
 
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 from transformers import AutoModelForCausalLM, Pipeline
@@ -30,8 +29,10 @@ from transformers.pipelines.any_to_any import AnyToAnyPipeline
 
 try:  # remote code: a package in transformers' module cache
     from .media_affectverse import probe
+    from .processing_affectverse import answer_from_label, extract_labels
 except ImportError:  # a clone or an installed wheel: flat top-level modules
     from media_affectverse import probe
+    from processing_affectverse import answer_from_label, extract_labels
 
 TASK = "emotion-recognition"
 # What config.json's ``custom_pipelines`` holds so that pipeline(TASK, model=folder, trust_remote_code=True) finds it.
@@ -44,17 +45,6 @@ CUSTOM_PIPELINES = {
     "any-to-any": {"impl": "pipeline_affectverse.AffectVerseAnyToAnyPipeline", "pt": ["AutoModelForCausalLM"],
                    "type": "multimodal"},
 }
-
-
-def _answer_labels(answer: str) -> list[str]:
-    """Emotion words of an answer in AffectGPT's form ("The character's emotional state is a, b and c.")."""
-    try:  # the rule-based extractor of the installed package
-        from benchmarks.scoring import extract_labels
-    except ImportError:
-        text = re.sub(r"^.*?\bemotional state (?:is|was|are)\s*", "", answer.strip(), flags=re.IGNORECASE | re.DOTALL)
-        words = (w.strip(" .!\"'").lower() for w in re.split(r",|\band\b|;", text.split(".")[0]))
-        return list(dict.fromkeys(w for w in words if w))
-    return extract_labels(answer)
 
 
 def answer_candidates(tokenizer, answers) -> list[list[int]]:
@@ -144,10 +134,6 @@ class EmotionRecognitionPipeline(Pipeline):
         forward = {"generate_kwargs": kwargs_} if kwargs_ else {}
         post = {}
         if labels is not None:
-            try:  # a sibling file; imported here because the processor's file imports this one
-                from .processing_affectverse import answer_from_label
-            except ImportError:
-                from processing_affectverse import answer_from_label
             labels = [str(label).strip() for label in ([labels] if isinstance(labels, str) else labels)]
             if not labels or not all(labels) or len(set(labels)) != len(labels):
                 raise ValueError(f"labels={labels}: at least one label, none empty, no duplicates")
@@ -199,7 +185,7 @@ class EmotionRecognitionPipeline(Pipeline):
 
     def postprocess(self, outputs, labels=None):
         answers = self.processor.batch_decode(outputs["new_tokens"], skip_special_tokens=True)
-        results = [{"answer": a.strip(), "labels": _answer_labels(a)} for a in answers]
+        results = [{"answer": a.strip(), "labels": extract_labels(a)} for a in answers]
         if labels is not None:  # the closed-set reading: each label's probability as the answer
             for result, scores in zip(results, outputs["label_scores"].tolist()):
                 result["label_scores"] = dict(zip(labels, scores))

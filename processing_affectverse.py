@@ -49,6 +49,7 @@ import json
 import logging
 import math
 import os
+import re
 from typing import NamedTuple
 
 import torch
@@ -56,14 +57,28 @@ from transformers import AddedToken, BatchFeature, Qwen2_5OmniProcessor
 
 try:  # remote code: a package in transformers' module cache
     from .configuration_affectverse import BELIEF_TOKEN, belief_split
-    from .media_affectverse import (MediaError, VideoClip, audio_seconds, load_audio, load_video, probe,
-                                    sample_indices, uniform_subset)
-    from .pipeline_affectverse import TASK as PIPELINE_TASK  # noqa: F401  (so the pipeline file ships with the code)
+    from .media_affectverse import (
+        MediaError,
+        VideoClip,
+        audio_seconds,
+        load_audio,
+        load_video,
+        probe,
+        sample_indices,
+        uniform_subset,
+    )
 except ImportError:  # a clone or an installed wheel: flat top-level modules
     from configuration_affectverse import BELIEF_TOKEN, belief_split
-    from media_affectverse import (MediaError, VideoClip, audio_seconds, load_audio, load_video, probe, sample_indices,
-                                   uniform_subset)
-    from pipeline_affectverse import TASK as PIPELINE_TASK  # noqa: F401
+    from media_affectverse import (
+        MediaError,
+        VideoClip,
+        audio_seconds,
+        load_audio,
+        load_video,
+        probe,
+        sample_indices,
+        uniform_subset,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +90,7 @@ _MIN_PIXELS = 56 * 56  # smallest frame area the video processor may produce (no
 
 def answer_from_label(label) -> str:
     """AffectGPT's answer for a label: a word, a list of words (joined by ", "; empty: neutral), a valence
-    (> 0 positive, < 0 negative, 0 neutral), or any of these JSON-encoded as ``benchmarks.data`` stores them."""
+    (> 0 positive, < 0 negative, 0 neutral), or any of these JSON-encoded as ``affectverse.data.readers`` stores them."""
     if isinstance(label, str):
         try:
             decoded = json.loads(label)
@@ -87,6 +102,54 @@ def answer_from_label(label) -> str:
     elif isinstance(label, (int, float)) and not isinstance(label, bool):
         label = "positive" if label > 0 else "negative" if label < 0 else "neutral"
     return ANSWER_TEMPLATE.format(label=str(label).strip())
+
+
+# The inverse, by rule: an answer's emotion words (what scoring, predict and the pipeline read from the free text).
+_LEAD_INS = (  # "The character's emotional state is ...", "Emotions: ...", "She seems to be ..."
+    re.compile(
+        r"^[^.\[]*?\b(?:emotional\s+states?|emotions?|feelings?|moods?|sentiments?|labels?)\b[^.:,]*?"
+        r"(?:\bis\b|\bare\b|\bincludes?\b|:)\s*",
+        flags=re.IGNORECASE,
+    ),
+    re.compile(
+        r"^(?:he|she|they|it|the\s+(?:main\s+)?(?:character|speaker|person|man|woman))\s+"
+        r"(?:is|are|feels?|seems?|appears?|looks?)(?:\s+to\s+(?:be|feel))?\s+(?:feeling\s+)?",
+        flags=re.IGNORECASE,
+    ),
+)
+_SPLIT = re.compile(r"[,;/|\n]|\band\b|\bor\b|&", flags=re.IGNORECASE)
+_EMPTY_ANSWERS = {"", "none", "n/a", "unknown", "nothing", "no emotion", "empty"}
+
+
+def _clean_label(text: str) -> str:
+    text = text.strip().strip("'\"`*.!?()[]{}<>-:").strip()
+    return re.sub(r"\s+", " ", text).lower()
+
+
+def extract_labels(answer: str) -> list[str]:
+    """Rule-based label list from a free-text answer: lower-cased, de-duplicated, order kept.
+
+    Handles ``"[a, b]"``, ``"The character's emotional state is a, b."``, ``"a and b"`` and a leading
+    ``Output:``. Prefer :class:`LLMExtractor` for long free-form reasoning.
+
+    >>> extract_labels("The character's emotional state is Happy, excited and happy.")
+    ['happy', 'excited']
+    """
+    text = str(answer or "").strip()
+    text = re.sub(r"^(?:output|answer)\s*:\s*", "", text, flags=re.IGNORECASE)
+    bracket = re.search(r"\[([^\]]*)\]", text)
+    if bracket:
+        text = bracket.group(1)
+    else:
+        for lead_in in _LEAD_INS:
+            text = lead_in.sub("", text, count=1)
+        text = re.split(r"(?<=[a-z])\.(?:\s|$)", text, maxsplit=1, flags=re.IGNORECASE)[0]
+    labels: list[str] = []
+    for piece in _SPLIT.split(text):
+        label = _clean_label(piece)
+        if label not in _EMPTY_ANSWERS and label not in labels:
+            labels.append(label)
+    return labels
 
 
 # ----------------------------------------------------------------------------- processor
@@ -574,7 +637,8 @@ def _stack_media(media: list) -> dict:
 class AffectVerseCollator:
     """``data_collator`` for Trainer and ``collate_fn`` for DataLoaders: rows in, one [`AffectVerseProcessor`] batch out.
 
-    Rows are dicts as ``benchmarks.data`` readers produce (``name``, ``video``, ``audio``, ``subtitle``, and the label
+    Rows are dicts as ``affectverse.data.readers`` readers produce (``name``, ``video``, ``audio``, ``subtitle``, and
+    the label
     in ``emotion`` / ``valence`` / ``labels``, or JSON in ``label``)
     or samples with an ``answer``. ``audio == ""`` (or no ``audio`` key) means the video's own track, None no audio.
     In training the answer comes from the label (``answer_from_label``). Media are loaded here, i.e. inside the
@@ -599,7 +663,7 @@ class AffectVerseCollator:
         sample = {"name": row.get("name"), "video": video, "audio": audio, "subtitle": row.get("subtitle") or "",
                   "question": row.get("question")}
         if self.training:
-            typed = [row[c] for c in ("emotion", "valence", "labels") if row.get(c) is not None]  # benchmarks.data
+            typed = [row[c] for c in ("emotion", "valence", "labels") if row.get(c) is not None]  # affectverse.data.readers
             sample["answer"] = row.get("answer") or answer_from_label(typed[0] if typed else row["label"])
         return sample
 
@@ -622,5 +686,5 @@ class AffectVerseCollator:
 
 AffectVerseProcessor.register_for_auto_class()
 
-__all__ = ["AffectVerseCollator", "AffectVerseProcessor", "MediaError", "VideoClip", "answer_from_label",
+__all__ = ["AffectVerseCollator", "AffectVerseProcessor", "MediaError", "VideoClip", "answer_from_label", "extract_labels",
            "load_audio", "load_video", "sample_indices"]

@@ -1,1 +1,1 @@
-"""AffectVerse benchmarks: dataset readers, MER-UniBench scoring, evaluation runner and speed scripts."""
+"""What measures AffectVerse (not installed): speed and memory benchmarks, run side by side, and the miniature ablation."""

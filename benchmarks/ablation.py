@@ -1,18 +1,21 @@
 """The miniature ablation: ``python -m benchmarks.ablation --out runs/ablation``.
 
-On generated temporal-affect clips (``benchmarks.clips.generate_temporal_clips``: the label is the trend and the end
-of the clip), on CPU, each row below is trained with ``train.main`` (the tiny random preset plus the row's preset)
-for every seed and evaluated with ``benchmarks.run.main``:
+On generated temporal-affect clips (``affectverse.default.clips.generate_temporal_clips``: the label is the trend and
+the end
+of the clip), on CPU, each row below is trained with ``training_run.main`` (the tiny random preset plus the row's
+preset)
+for every seed and evaluated with ``affectverse.evaluation.runner.main``:
 
 - keep ratio kappa = 1.0, 0.7, 0.5, 0.3 with all modalities (A+V+T), and at kappa = 1.0 with each modality removed
   (V+T = No Audio, A+T = No Video);
 - imagination quality at a fixed kappa (``--imagination-keep-ratio``, 0.7) on every test clip, for the rows that
   imagine: per-step cosine and MSE of the imagined with the real (pooled, projected) future
-  (``benchmarks.report.imagination_quality``, the function behind benchmarks.run's ``imagination.json``).
+  (``affectverse.evaluation.report.imagination_quality``, the function behind affectverse.evaluation.runner's
+  ``imagination.json``).
 
 Each row x seed has a folder of its own, ``OUT/<row>/seed<k>/{model,eval_kappa,eval_modality,imagination.json}``
 plus ``code.json`` (the git commit that trained it): a finished step is skipped, an interrupted training resumes
-from its last checkpoint (train.py) and an interrupted evaluation from its predictions (benchmarks.run).
+from its last checkpoint (train.py) and an interrupted evaluation from its predictions (affectverse.evaluation.runner).
 ``--no-imagination`` leaves the imagination step for a later invocation. Rerunning the same command after an
 interruption finishes the study; with everything done it only rewrites the summary: ``OUT/summary.json`` and the
 markdown page (``--doc``, default ``docs/ablation.md``) with the table (mean +- std over seeds, 95% bootstrap
@@ -36,13 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import train
-from benchmarks import run
-from benchmarks.clips import generate_temporal_clips
-from benchmarks.data import decode_label, load_manifest
-from benchmarks.engine import load_model
-from benchmarks.report import imagination_quality, plot_ablation_imagination, plot_ablation_kappa
-from benchmarks.scoring import bootstrap_interval, map_to_label_set
+from affectverse.data.readers import decode_label, load_manifest
+from affectverse.default.clips import generate_temporal_clips
+from affectverse.evaluation import runner as run
+from affectverse.evaluation.report import imagination_quality, plot_ablation_imagination, plot_ablation_kappa
+from affectverse.inference.engine import load_model
+from affectverse.scoring.scores import bootstrap_interval, map_to_label_set
+from affectverse.training import arguments
+from affectverse.training import run as training_run
 from configuration_affectverse import AffectVerseConfig
 
 logger = logging.getLogger(__name__)
@@ -95,7 +99,7 @@ def parse_args(argv=None):
 def row_config(row: str):
     """The row's EWM settings on the paper's defaults (what its preset and overrides set)."""
     _, preset, overrides = ROWS[row]
-    return AffectVerseConfig.from_preset(preset, **train.parse_overrides(overrides))
+    return AffectVerseConfig.from_preset(preset, **arguments.parse_overrides(overrides))
 
 
 def train_row(row: str, seed: int, manifest: Path, folder: Path, args) -> Path:
@@ -110,12 +114,12 @@ def train_row(row: str, seed: int, manifest: Path, folder: Path, args) -> Path:
             "--eval_split", "none", "--check_media", "false", "--logging_steps", "20"]
     if overrides:
         argv += ["--ewm_overrides", overrides]
-    train.main(argv)
+    training_run.main(argv)
     return model
 
 
 def evaluate_row(model: Path, manifest: Path, folder: Path, seed: int, args):
-    """benchmarks.run at every kappa (A+V+T) and with each modality removed (kappa 1), each in its own folder."""
+    """affectverse.evaluation.runner at every kappa (A+V+T) and with each modality removed (kappa 1), each in its own folder."""
     common = ["--model", str(model), "--manifest", str(manifest), "--split", "test", "--device", "cpu",
               "--max-new-tokens", str(args.max_new_tokens), "--batch-size", "8", "--seed", str(seed)]
     if not (folder / "eval_kappa" / run.SCORES).is_file():
@@ -178,7 +182,7 @@ def read_row(folder: Path) -> dict | None:
 # ------------------------------------------------------------------------------------------------------ summary
 def weighted_f1(truth, pred) -> float:
     """Weighted F1 (x100) over the classes present in ``truth`` (int arrays; -1 = no label named), as
-    ``benchmarks.scoring.closed_set_scores`` computes it with sklearn, in numpy for the bootstrap."""
+    ``affectverse.scoring.scores.closed_set_scores`` computes it with sklearn, in numpy for the bootstrap."""
     classes, support = np.unique(truth, return_counts=True)
     f1 = [2 * np.sum((truth == c) & (pred == c)) / (np.sum(truth == c) + np.sum(pred == c)) for c in classes]
     return float(100 * np.dot(f1, support) / len(truth))
@@ -342,19 +346,19 @@ def write_doc(summary: dict, doc: Path, args, seconds: float | None) -> Path:
         f"the run folders under `{args.out}` (`summary.json`). Re-running the command resumes an unfinished study and "
         "rewrites this page.", "",
         "## Set-up", "",
-        f"- **Data**: {args.clips} temporal-affect clips of {args.clip_seconds:g} s (`benchmarks/clips.py`, "
+        f"- **Data**: {args.clips} temporal-affect clips of {args.clip_seconds:g} s (`affectverse/default/clips.py`, "
         "`generate_temporal_clips`, seed 0), 30% test. One affect level moves linearly from v0 to v1 over the clip "
         "and drives colour, pitch and loudness together; the label is the pair (trend, end): rising and ending above "
         "0.5 `happy`, falling but ending above 0.5 `neutral`, rising but ending below 0.5 `worried`, falling to below "
         "0.5 `sad`. The starts of the four classes overlap, so a clip cut to its first kappa shows the trend but not "
         "the end: the end has to be extrapolated, which is what imagining the future could help with. The subtitle "
         "is a neutral sentence independent of the label. Chance: 25% accuracy.",
-        f"- **Model**: the tiny random AffectVerse of `benchmarks/tiny.py` (2 layers, 64 wide), LoRA + EWM trained "
-        f"with `train.main` for {args.epochs:g} epochs"
+        f"- **Model**: the tiny random AffectVerse of `affectverse/default/tiny.py` (2 layers, 64 wide), LoRA + EWM trained "
+        f"with `training_run.main` for {args.epochs:g} epochs"
         + (f" capped at {args.max_steps} steps" if args.max_steps > 0 else "")
         + " at the tiny preset's recipe; each row adds its preset (`AffectVerseConfig.from_preset`). Seeds: "
         f"{', '.join(map(str, args.seed_list))} (the seed sets the random backbone, the EWM init and the data order).",
-        "- **Evaluation**: `benchmarks.run` on the test clips, greedy answers mapped onto the 4 labels; "
+        "- **Evaluation**: `affectverse.evaluation.runner` on the test clips, greedy answers mapped onto the 4 labels; "
         f"{METRIC_NAME} (closed set). κ = the observed fraction of each clip at inference (A+V+T); No Audio / No "
         f"Video at κ = 1.0. Imagination quality: per-step cosine and MSE between the imagined and the real future "
         f"at a fixed κ = {args.imagination_keep_ratio:g} in evaluation mode (`eval_keep_ratio`), all test clips.",

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from affectverse.default.tiny import tiny_config
 from benchmarks.train_bench import Runner, SampleShape, build_pair, compare, print_table, strip_beliefs, synthetic_batch
 from configuration_affectverse import AffectVerseConfig
 
@@ -81,8 +82,6 @@ def main(argv=None):
 
     t_build = time.perf_counter()
     if args.tiny:
-        from benchmarks.tiny import tiny_config
-
         config, device, dtype = tiny_config(), torch.device("cpu"), torch.float32
         seq_len, steps, warmup = min(args.seq_len, 256), min(args.steps, 3), min(args.warmup, 1)
         video_grids, audio_frames = 2, 200

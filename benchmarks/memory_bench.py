@@ -32,7 +32,7 @@ ANSWER = "The character's emotional state is happy."
 CHILD = r"""
 import json, logging, resource, sys, time
 logging.disable(logging.WARNING)
-from benchmarks.tiny import tiny_processor
+from affectverse.default.tiny import tiny_processor
 from media_affectverse import load_audio, load_video
 path, mode = sys.argv[1], sys.argv[2]
 proc = tiny_processor()

@@ -6,12 +6,14 @@ For each preset (``bench``: benchmarks/model_bench.py's dimensions, hidden 512, 
 model's cost dominates decoding as it does at 7B on a GPU; ``tiny``: the tiny test model, where decoding dominates)
 it prints clips/s of
 
-- **end to end**: :class:`benchmarks.engine.Engine` as ``affectverse predict`` runs it: ``--workers`` DataLoader
+- **end to end**: :class:`affectverse.inference.engine.Engine` as ``affectverse predict`` runs it: ``--workers``
+DataLoader
   workers decode the generated mp4 clips (frames and audio) ahead of the model, which generates;
 - **model only**: the same batches decoded beforehand, generation alone;
 
 and their ratio (1.0: decoding is entirely hidden behind the model). Rounds alternate between the two (burn-in
-first) and the best round of each is reported (on a shared machine the fastest round is the least disturbed). Decoding and the model share the machine's cores: on a small CPU the workers
+first) and the best round of each is reported (on a shared machine the fastest round is the least disturbed). Decoding
+and the model share the machine's cores: on a small CPU the workers
 slow the model down, on a GPU machine they do not.
 """
 
@@ -25,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.clips import generate_clips
-from benchmarks.engine import MODALITIES, Engine, Setting, decode
+from affectverse.default.clips import generate_clips
+from affectverse.default.tiny import tiny_config, tiny_processor
+from affectverse.inference.engine import MODALITIES, Engine, Setting, decode
 from benchmarks.model_bench import bench_config
-from benchmarks.tiny import tiny_config, tiny_processor
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from processing_affectverse import AffectVerseProcessor
 

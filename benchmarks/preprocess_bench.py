@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from benchmarks.clips import generate_clips
-from benchmarks.data import load_manifest
-from benchmarks.tiny import tiny_processor
+from affectverse.data.readers import load_manifest
+from affectverse.default.clips import generate_clips
+from affectverse.default.tiny import tiny_processor
 from processing_affectverse import AffectVerseCollator, answer_from_label, load_audio, load_video
 
 

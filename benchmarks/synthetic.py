@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.tiny import TINY_IDS, tiny_config
+from affectverse.default.tiny import TINY_IDS, tiny_config
 
 PATCH_DIM = 3 * 2 * 14 * 14  # channels * temporal_patch * patch * patch
 

@@ -24,6 +24,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
+from affectverse.default.tiny import tiny_config
 from modeling_affectverse import AffectVerseForConditionalGeneration
 
 LORA_TARGET = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"  # as train.py
@@ -218,8 +219,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    from benchmarks.tiny import tiny_config
 
     torch.manual_seed(args.seed)
     config = tiny_config()

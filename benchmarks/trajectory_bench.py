@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from benchmarks.clips import generate_clips
-from benchmarks.engine import MODALITIES, Engine, Setting
+from affectverse.default.clips import generate_clips
+from affectverse.default.tiny import tiny_config, tiny_processor
+from affectverse.inference.engine import MODALITIES, Engine, Setting
+from affectverse.inference.trajectory import DEFAULT_RATIOS, decode_trajectory, trajectory
 from benchmarks.model_bench import bench_config
-from benchmarks.tiny import tiny_config, tiny_processor
-from benchmarks.trajectory import DEFAULT_RATIOS, decode_trajectory, trajectory
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from processing_affectverse import AffectVerseProcessor
 

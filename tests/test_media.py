@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import media_affectverse
-from benchmarks.clips import write_bad_media, write_mp4, write_truncated_faststart
-from benchmarks.tiny import TINY_IDS, tiny_processor
+from affectverse.default.clips import write_bad_media, write_mp4, write_truncated_faststart
+from affectverse.default.tiny import TINY_IDS, tiny_processor
 from media_affectverse import load_audio, load_video, probe, video_backend
 
 HAS_DECORD = importlib.util.find_spec("decord") is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.hub import REMOTE_CODE_FILES
+from affectverse.hub import REMOTE_CODE_FILES
 from configuration_affectverse import AffectVerseConfig
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from tests.helpers import build_batch, tiny

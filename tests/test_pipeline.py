@@ -7,21 +7,18 @@ import json
 import pytest
 import torch
 
-from benchmarks.clips import write_bad_media
-from benchmarks.tiny import tiny_config, tiny_processor
+from affectverse.default.clips import write_bad_media
+from affectverse.default.tiny import tiny_config, tiny_processor
+from affectverse.hub import export_for_hub
 from modeling_affectverse import AffectVerseForConditionalGeneration
-from pipeline_affectverse import CUSTOM_PIPELINES, _answer_labels
+from processing_affectverse import extract_labels
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("checkpoint")
-    model = AffectVerseForConditionalGeneration(tiny_config())
-    model.config.custom_pipelines = CUSTOM_PIPELINES  # what train.py's export writes
-    model.save_pretrained(out)
-    tiny_processor().save_pretrained(out)
-    return out
+    return export_for_hub(AffectVerseForConditionalGeneration(tiny_config()), tiny_processor(), out)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +60,7 @@ def test_pipeline_takes_a_path_a_dict_and_a_batched_list(folder, media):
     ("The character's emotional state is worried, sad and angry.", ["worried", "sad", "angry"]),
 ])
 def test_labels_from_the_answer(answer, labels):
-    assert _answer_labels(answer) == labels
+    assert extract_labels(answer) == labels
 
 
 def test_transformers_any_to_any_task_serves_the_folder(folder, media):

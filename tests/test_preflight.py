@@ -1,4 +1,4 @@
-"""benchmarks/preflight.py: media probed with PyAV, text measured with the tokenizer, verdicts cached by file stamp."""
+"""affectverse/training/preflight.py: media probed with PyAV, text measured with the tokenizer, verdicts cached by file stamp."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import av
 import datasets
 import pytest
 
-from benchmarks import preflight
-from benchmarks.clips import write_bad_media
-from benchmarks.tiny import tiny_processor
+from affectverse.default.clips import write_bad_media
+from affectverse.default.tiny import tiny_processor
+from affectverse.training import preflight
 
 
 @pytest.fixture(scope="module")

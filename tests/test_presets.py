@@ -2,7 +2,8 @@
 
 import pytest
 
-import train
+from affectverse.training import model as training_model
+from affectverse.training import run as training_run
 from configuration_affectverse import PRESETS, AffectVerseConfig, list_presets, preset_fields
 
 COMPONENTS = ("belief_construction", "temporal_split", "imagination_context", "injection", "residual_boundary")
@@ -105,18 +106,18 @@ def test_new_fields_are_checked(field, value, message):
 
 
 def test_train_preset_argument_builds_the_row_on_the_tiny_model():
-    model_args, _, _ = train.parse_args(["--preset", "table3_b", "--ewm_overrides", "rollout_steps=2"])
-    config = train.load_config(model_args)
+    model_args, _, _ = training_run.parse_args(["--preset", "table3_b", "--ewm_overrides", "rollout_steps=2"])
+    config = training_model.load_config(model_args)
     assert (config.belief_construction, config.imagination_context, config.injection, config.residual_boundary) == \
            ("imagination", "self", "single", False)
     assert config.rollout_steps == 2  # --ewm_overrides win over the preset
     assert config.text_config.hidden_size == 64  # still the tiny model
     with pytest.raises(ValueError, match="unknown AffectVerse preset 'nope'"):
-        train.parse_args(["--preset", "nope"])
+        training_run.parse_args(["--preset", "nope"])
 
 
 def test_train_help_lists_the_presets(capsys):
     with pytest.raises(SystemExit):
-        train.parse_args(["--help"])
+        training_run.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "table3_b" in text and "fig6_p0.15" in text

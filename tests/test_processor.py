@@ -12,12 +12,26 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.clips import generate_clips, write_bad_media, write_truncated_faststart
-from benchmarks.tiny import (QWEN2_5_OMNI_CHAT_TEMPLATE, QWEN_NAMED_TOKENS, QWEN_SPECIAL_TOKENS, TINY_IDS,
-                             tiny_config, tiny_processor)
+from affectverse.default.clips import generate_clips, write_bad_media, write_truncated_faststart
+from affectverse.default.tiny import (
+    QWEN2_5_OMNI_CHAT_TEMPLATE,
+    QWEN_NAMED_TOKENS,
+    QWEN_SPECIAL_TOKENS,
+    TINY_IDS,
+    tiny_config,
+    tiny_processor,
+)
 from configuration_affectverse import belief_split
-from processing_affectverse import (QUESTION, SYSTEM_PROMPT, AffectVerseCollator, AffectVerseProcessor, MediaError,
-                                    answer_from_label, load_audio, load_video)
+from processing_affectverse import (
+    QUESTION,
+    SYSTEM_PROMPT,
+    AffectVerseCollator,
+    AffectVerseProcessor,
+    MediaError,
+    answer_from_label,
+    load_audio,
+    load_video,
+)
 
 ANSWER = "The character's emotional state is happy."
 BELIEF, VIDEO, AUDIO = TINY_IDS["<|belief|>"], TINY_IDS["<|VIDEO|>"], TINY_IDS["<|AUDIO|>"]
@@ -42,7 +56,7 @@ def backend(request, monkeypatch):
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    """Bad and good media (benchmarks.clips), plus a faststart mp4 truncated after its index (decodes partially)."""
+    """Bad and good media (affectverse.default.clips), plus a faststart mp4 truncated after its index (decodes partially)."""
     paths = write_bad_media(tmp_path_factory.mktemp("media"))
     paths["truncated_faststart"] = write_truncated_faststart(paths["good"].with_name("truncated_faststart.mp4"))
     return {k: str(v) for k, v in paths.items()}
@@ -236,7 +250,7 @@ def test_collator_skips_and_records_bad_samples(proc, media, backend):
 
 def test_collator_in_a_dataloader_worker(proc, tmp_path):
     manifest = generate_clips(tmp_path, n_clips=4, seed=0, seconds=1.0)
-    from benchmarks.data import load_manifest
+    from affectverse.data.readers import load_manifest
 
     rows = list(load_manifest(manifest))
     loader = torch.utils.data.DataLoader(rows, batch_size=2, num_workers=1,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.clips import generate_clips
-from benchmarks.tiny import tiny_config, tiny_processor
+from affectverse.default.clips import generate_clips
+from affectverse.default.tiny import tiny_config, tiny_processor
 from modeling_affectverse import AffectVerseForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,14 +32,15 @@ def test_readme_names_folders_that_train_py_writes():
     """Before: the README evaluated ``runs/affectverse/final``, which train.py never writes."""
     text = (ROOT / "README.md").read_text()
     assert "runs/affectverse/final" not in text
-    train = (ROOT / "train.py").read_text()
+    train = (ROOT / "affectverse" / "training" / "arguments.py").read_text()  # train.py's embedded default
     assert f'"--output_dir", "{TRAIN_OUTPUT}"' in train and f'TINY_CLIPS = "{TRAIN_DATA}/manifest.csv"' in train
     commands = readme_commands("On the folder `python train.py` wrote")
     assert all(TRAIN_OUTPUT in command for command in commands)
     real = readme_commands("On MER-UniBench with the model of the 8-GPU training command above")
     assert all("outputs/affectverse-7b" in " ".join(c) for c in real[:1] + real[2:])
     assert "--output_dir outputs/affectverse-7b" in text
-    assert any(c[:3] == ["accelerate", "launch", "--multi_gpu"] and "benchmarks.run" in c for c in real)
+    assert any(c[:3] == ["accelerate", "launch", "--multi_gpu"] and "-m affectverse evaluate" in " ".join(c)
+               for c in real)
     assert "--modality" in real[1] and "--keep-ratio" in real[1]  # the run file holds several settings
 
 
@@ -53,7 +54,7 @@ def test_readme_tiny_evaluation_commands_run_as_written(tmp_path):
     commands = readme_commands("On the folder `python train.py` wrote")
     commands += readme_commands("## Emotion over time, label scores, representations")
     for command in commands:
-        head = [sys.executable] if command[0] == "python" else [sys.executable, "-m", "affectverse_cli"]
+        head = [sys.executable] if command[0] == "python" else [sys.executable, "-m", "affectverse"]
         assert command[0] in ("python", "affectverse"), command
         done = subprocess.run(head + command[1:], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=600)

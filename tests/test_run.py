@@ -1,4 +1,4 @@
-"""benchmarks.run and benchmarks.report end to end: a tiny random AffectVerse on generated clips (CPU).
+"""affectverse.evaluation.runner and affectverse.evaluation.report end to end: a tiny random AffectVerse on generated clips (CPU).
 
 One module-scoped run goes through an interruption (``--max-batches 1``, then a half-written line), a resume and
 a no-op rerun; the tests below inspect it. Three clips plus one broken clip, 3 modality settings x 2 keep ratios,
@@ -17,9 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import report, run
-from benchmarks.clips import generate_clips, write_bad_media
-from benchmarks.tiny import tiny_config
+from affectverse.default.clips import generate_clips, write_bad_media
+from affectverse.default.tiny import tiny_config
+from affectverse.evaluation import report
+from affectverse.evaluation import runner as run
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from tests.helpers import SHARED, save_tiny_model
 

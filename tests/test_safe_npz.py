@@ -1,4 +1,4 @@
-"""benchmarks.safe_npz: MER-UniBench label files are read without executing anything stored in them."""
+"""affectverse.data.safe_npz: MER-UniBench label files are read without executing anything stored in them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from benchmarks.safe_npz import UnsafeFileError, load_npz
+from affectverse.data.safe_npz import UnsafeFileError, load_npz
 from tests.helpers import SHARED
 
 

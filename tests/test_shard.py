@@ -1,4 +1,4 @@
-"""benchmarks.run across processes: two gloo ranks on the CPU give the predictions of one process, merged into
+"""affectverse.evaluation.runner across processes: two gloo ranks on the CPU give the predictions of one process, merged into
 one file and scored once; a shard left by an interrupted run is merged, not recomputed."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import run
-from benchmarks.clips import generate_clips
-from benchmarks.store import shard_files, shard_path
+from affectverse.default.clips import generate_clips
+from affectverse.evaluation import runner as run
+from affectverse.inference.store import shard_files, shard_path
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from tests.helpers import save_tiny_model
 
@@ -44,7 +44,7 @@ def test_two_processes_give_the_predictions_of_one(single):
     root, args = single
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                           "benchmarks.run", *args, "--out", str(root / "multi")], cwd=root, env=env,
+                           "affectverse.evaluation.runner", *args, "--out", str(root / "multi")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "(5 on process 0 of 2)" in done.stderr and "(5 on process 1 of 2)" in done.stderr
@@ -83,7 +83,7 @@ def test_a_shard_left_by_an_interrupted_run_is_merged_not_recomputed(single, mon
 def test_predict_under_two_processes_gives_the_predictions_of_one(single, tmp_path):
     root, _ = single
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    common = ["-m", "affectverse_cli", "predict", str(root / "model"), str(root / "clips" / "video"),
+    common = ["-m", "affectverse", "predict", str(root / "model"), str(root / "clips" / "video"),
               "--max-new-tokens", "3", "--device", "cpu", "--num-workers", "0", "--batch-size", "2"]
     outs = {}
     for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc_per_node", "2"])):

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,12 @@ import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
 
-import train
+from affectverse.training import arguments, preflight, run_folder
+from affectverse.training import data as training_data
+from affectverse.training import export as training_export
+from affectverse.training import model as training_model
+from affectverse.training import run as training_run
+from affectverse.training import trainer as training_trainer
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from tests.helpers import build_batch, tiny
 
@@ -51,7 +55,7 @@ def collator(config):
 def tiny_peft(seed: int = 0, **overrides):
     torch.manual_seed(seed)
     config = tiny(**overrides)
-    return config, train.add_lora(AffectVerseForConditionalGeneration(config), train.ModelArguments())
+    return config, training_model.add_lora(AffectVerseForConditionalGeneration(config), arguments.ModelArguments())
 
 
 def training_args(out, **kwargs):
@@ -59,10 +63,10 @@ def training_args(out, **kwargs):
                     logging_steps=1, save_strategy="no", use_cpu=True, dataloader_num_workers=0, learning_rate=1e-3,
                     disable_tqdm=True, seed=0, warmup_steps=0, include_num_input_tokens_seen=False)
     defaults.update(kwargs)
-    return train.AffectVerseTrainingArguments(**defaults)
+    return arguments.AffectVerseTrainingArguments(**defaults)
 
 
-class RecordingTrainer(train.AffectVerseTrainer):
+class RecordingTrainer(training_trainer.AffectVerseTrainer):
     """Keeps every training micro-batch's (loss, lm_loss, imagination_loss) as the model returned them."""
 
     def __init__(self, *args, **kwargs):
@@ -109,7 +113,7 @@ def test_eval_reports_loss_without_the_extra_outputs(tmp_path):
         seen.append(pred)
         return {}
 
-    trainer = train.AffectVerseTrainer(model=model, args=training_args(tmp_path), train_dataset=SpecDataset(4),
+    trainer = training_trainer.AffectVerseTrainer(model=model, args=training_args(tmp_path), train_dataset=SpecDataset(4),
                                        eval_dataset=SpecDataset(4), data_collator=collator(config),
                                        compute_metrics=compute_metrics)
     metrics = trainer.evaluate()
@@ -123,15 +127,15 @@ LLM_ATTENTION = {f"model.language_model.layers.{i}.self_attn.{p}_proj" for i in 
 
 
 @pytest.mark.parametrize("targets, wraps_audio", [
-    (train.LORA_TARGET, False),
+    (arguments.LORA_TARGET, False),
     (["q_proj", "k_proj", "v_proj", "o_proj"], True),  # why train.py uses a regex
 ])
 def test_lora_wraps_only_the_language_model_attention(targets, wraps_audio):
     torch.manual_seed(0)
     model = AffectVerseForConditionalGeneration(tiny())
-    args = train.ModelArguments()
+    args = arguments.ModelArguments()
     args.lora_target_modules = targets
-    peft_model = train.add_lora(model, args)
+    peft_model = training_model.add_lora(model, args)
     wrapped = {name.removeprefix("base_model.model.") for name, module in peft_model.named_modules()
                if hasattr(module, "lora_A")}
     if wraps_audio:
@@ -162,7 +166,7 @@ def _run(out, stop_at=None, resume=None, **kwargs):
     config, model = tiny_peft(seed=0)
     args = training_args(out, **{"gradient_accumulation_steps": 2, "max_steps": 5, "save_strategy": "steps",
                                  "save_steps": 3, **kwargs})
-    trainer = train.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(12),
+    trainer = training_trainer.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(12),
                                        data_collator=collator(config),
                                        callbacks=[StopAt(stop_at)] if stop_at else None)
     trainer.train_output = trainer.train(resume_from_checkpoint=resume)
@@ -204,7 +208,7 @@ def test_resume_skips_checkpoints_left_incomplete_and_reports_the_whole_runs_tra
     shutil.copytree(split / "checkpoint-3", cut)
     (cut / "trainer_state.json").write_text((cut / "trainer_state.json").read_text()[:40])
     with caplog.at_level(logging.WARNING, logger="train"):
-        resume = train.last_complete_checkpoint(split)
+        resume = run_folder.last_complete_checkpoint(split)
     assert resume == str(split / "checkpoint-3")
     assert "checkpoint-5 is incomplete (trainer_state.json is not valid JSON" in caplog.text
     assert "checkpoint-4 is incomplete (no optimizer" in caplog.text and "truncated" in caplog.text
@@ -213,7 +217,7 @@ def test_resume_skips_checkpoints_left_incomplete_and_reports_the_whole_runs_tra
     expected, got = _trained(full_trainer), _trained(trainer)
     assert all(torch.allclose(expected[n], got[n], atol=1e-5) for n in expected)  # identical final weights
     assert (killed / "adapter_model.safetensors").stat().st_size == len(weights) // 2  # left alone
-    whole = train.whole_run_train_loss(trainer.state.log_history, trainer.train_output.training_loss, 3, 5)
+    whole = training_trainer.whole_run_train_loss(trainer.state.log_history, trainer.train_output.training_loss, 3, 5)
     assert whole == pytest.approx(full_trainer.train_output.training_loss, rel=1e-5)
     assert trainer.train_output.training_loss != pytest.approx(whole, rel=1e-3)  # Trainer's own: steps 4-5 only
 
@@ -225,7 +229,7 @@ def test_resume_skips_checkpoints_left_incomplete_and_reports_the_whole_runs_tra
 def test_a_checkpoint_save_on_a_full_disk_names_the_folder_and_the_free_space(tmp_path, monkeypatch, target, error):
     config, model = tiny_peft()
     args = training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
-    trainer = train.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(4),
+    trainer = training_trainer.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(4),
                                        data_collator=collator(config))
 
     def full_disk(*args, **kwargs):
@@ -236,22 +240,22 @@ def test_a_checkpoint_save_on_a_full_disk_names_the_folder_and_the_free_space(tm
     with pytest.raises(OSError, match=message) as caught:
         trainer.train()
     assert caught.value.errno == errno.ENOSPC
-    assert train.last_complete_checkpoint(tmp_path) is None  # the half-written checkpoint is never resumed
+    assert run_folder.last_complete_checkpoint(tmp_path) is None  # the half-written checkpoint is never resumed
 
 
 def test_a_named_checkpoint_that_is_incomplete_is_refused(tmp_path):
     (tmp_path / "checkpoint-2").mkdir()
-    args = train.parse_args(["--output_dir", str(tmp_path / "run"), "--use_cpu", "true",
+    args = training_run.parse_args(["--output_dir", str(tmp_path / "run"), "--use_cpu", "true",
                              "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")])
     with pytest.raises(ValueError, match="checkpoint-2 cannot be resumed: no weights"):
-        train.check_output_dir(args[2], train.run_record(*args))
+        run_folder.check_output_dir(args[2], arguments.run_record(*args))
 
 
 def test_whole_run_train_loss_weights_logged_intervals_by_their_steps():
     history = [{"loss": 4.0, "step": 2}, {"loss": 1.0, "step": 3}, {"eval_loss": 9.0, "step": 3},
                {"loss": 7.0, "step": 5}]  # step 5 is after the checkpoint at 3: this call's, not counted twice
-    assert train.whole_run_train_loss(history, 2.0, 3, 6) == pytest.approx((4 * 2 + 1 + 2 * 3) / 6)
-    assert train.whole_run_train_loss(history, 2.0, 0, 4) == pytest.approx(2.0)  # not resumed: Trainer's value
+    assert training_trainer.whole_run_train_loss(history, 2.0, 3, 6) == pytest.approx((4 * 2 + 1 + 2 * 3) / 6)
+    assert training_trainer.whole_run_train_loss(history, 2.0, 0, 4) == pytest.approx(2.0)  # not resumed: Trainer's value
 
 
 # -------------------------------------------------------------------------------------------- input checks
@@ -264,7 +268,7 @@ def _manifest(folder: Path, rows) -> Path:
 
 
 def _data_args(**kwargs):
-    args = train.DataArguments()
+    args = arguments.DataArguments()
     for k, v in kwargs.items():
         setattr(args, k, v)
     return args
@@ -279,20 +283,20 @@ def _data_args(**kwargs):
 def test_bad_data_is_refused(tmp_path, rows, kwargs, message):
     manifest = _manifest(tmp_path, rows)
     with pytest.raises(ValueError, match=message):
-        train.load_data(_data_args(manifest=str(manifest), **kwargs))
+        training_data.load_data(_data_args(manifest=str(manifest), **kwargs))
 
 
 def test_closed_set_benchmarks_use_their_own_label_set():
-    assert train.closed_label_set("meld", _data_args(), {"happy"}) == \
+    assert training_data.closed_label_set("meld", _data_args(), {"happy"}) == \
         ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")
-    assert train.closed_label_set("manifest", _data_args(), {"b", "a"}) == ("a", "b")
+    assert training_data.closed_label_set("manifest", _data_args(), {"b", "a"}) == ("a", "b")
 
 
 def test_no_data_is_refused():
     with pytest.raises(ValueError, match="no data"):
-        train.load_split(_data_args(), "train")
+        training_data.load_split(_data_args(), "train")
     with pytest.raises(ValueError, match="--data_root"):
-        train.load_split(_data_args(benchmarks="meld"), "train")
+        training_data.load_split(_data_args(benchmarks="meld"), "train")
 
 
 @pytest.mark.parametrize("config, message", [
@@ -303,7 +307,7 @@ def test_a_checkpoint_that_is_not_qwen2_5_omni_is_refused(tmp_path, config, mess
     if config is not None:
         (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
-        train.check_checkpoint(str(tmp_path))
+        training_model.check_checkpoint(str(tmp_path))
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_omni", "qwen2_5_omni_thinker", "affectverse"])
@@ -312,7 +316,7 @@ def test_qwen2_5_omni_checkpoints_are_accepted(tmp_path, model_type):
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
     save_file({"w": torch.zeros(3)}, tmp_path / "model.safetensors")
-    assert train.check_checkpoint(str(tmp_path)) == model_type
+    assert training_model.check_checkpoint(str(tmp_path)) == model_type
 
 
 @pytest.mark.parametrize("text, message", [
@@ -323,16 +327,16 @@ def test_qwen2_5_omni_checkpoints_are_accepted(tmp_path, model_type):
 ])
 def test_bad_ewm_overrides_are_refused(text, message):
     with pytest.raises(ValueError, match=message):
-        train.parse_overrides(text)
+        arguments.parse_overrides(text)
 
 
 def test_ewm_overrides_are_parsed():
-    assert train.parse_overrides("rollout_steps=2, injection=single,imagination_loss_weight=1,temporal_split=false") \
+    assert arguments.parse_overrides("rollout_steps=2, injection=single,imagination_loss_weight=1,temporal_split=false") \
         == {"rollout_steps": 2, "injection": "single", "imagination_loss_weight": 1.0, "temporal_split": False}
 
 
 def _complete_checkpoint(folder: Path, step: int = 7):
-    """A folder with every part train.CHECKPOINT_PARTS asks for (contents are not loaded by the check)."""
+    """A folder with every part run_folder.CHECKPOINT_PARTS asks for (contents are not loaded by the check)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True)
@@ -343,28 +347,28 @@ def _complete_checkpoint(folder: Path, step: int = 7):
 
 
 def test_output_dir_holding_another_run_is_refused_and_the_same_run_resumes(tmp_path):
-    args = train.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true"])
-    record = train.run_record(*args)
-    assert train.check_output_dir(args[2], record) is None  # empty: a fresh start
+    args = training_run.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true"])
+    record = arguments.run_record(*args)
+    assert run_folder.check_output_dir(args[2], record) is None  # empty: a fresh start
     (tmp_path / "notes.txt").write_text("someone else's")
     with pytest.raises(ValueError, match="holds no run_args.json"):
-        train.check_output_dir(args[2], record)
+        run_folder.check_output_dir(args[2], record)
     (tmp_path / "run_args.json").write_text(json.dumps(record))
-    assert train.check_output_dir(args[2], record) is None  # the same run, no checkpoint yet
+    assert run_folder.check_output_dir(args[2], record) is None  # the same run, no checkpoint yet
     _complete_checkpoint(tmp_path / "checkpoint-7")
-    assert train.check_output_dir(args[2], record) == str(tmp_path / "checkpoint-7")  # auto-resume
-    other = train.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true", "--learning_rate", "1e-4"])
+    assert run_folder.check_output_dir(args[2], record) == str(tmp_path / "checkpoint-7")  # auto-resume
+    other = training_run.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true", "--learning_rate", "1e-4"])
     with pytest.raises(ValueError, match="different run.*learning_rate"):
-        train.check_output_dir(other[2], train.run_record(*other))
+        run_folder.check_output_dir(other[2], arguments.run_record(*other))
     other[2].overwrite_output_dir = True
-    assert train.check_output_dir(other[2], train.run_record(*other)) is None
+    assert run_folder.check_output_dir(other[2], arguments.run_record(*other)) is None
 
 
 def test_main_refuses_bad_labels_before_loading_a_model(tmp_path, monkeypatch):
     manifest = _manifest(tmp_path / "data", [("happy", "train"), ("joyful", "test")])
-    monkeypatch.setattr(train, "load_model", lambda *a: pytest.fail("the model was loaded before the data check"))
+    monkeypatch.setattr(training_run, "load_model", lambda *a: pytest.fail("the model was loaded before the data check"))
     with pytest.raises(ValueError, match="unknown labels"):
-        train.main(["--manifest", str(manifest), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"])
+        training_run.main(["--manifest", str(manifest), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"])
 
 
 # ------------------------------------------------------------------------------- pre-flight check, bad samples
@@ -372,7 +376,7 @@ def test_main_refuses_bad_labels_before_loading_a_model(tmp_path, monkeypatch):
 def mixed_clips(tmp_path_factory):
     """A manifest of 12 generated clips plus bad ones: a 0-byte, a truncated, a text file named .mp4, an audio-less
     video (its audio is the video's track), a 100k-character subtitle in train, a corrupt clip in test."""
-    from benchmarks.clips import generate_clips, write_bad_media
+    from affectverse.default.clips import generate_clips, write_bad_media
 
     folder = tmp_path_factory.mktemp("mixed")
     manifest = generate_clips(folder, n_clips=12, seed=0)
@@ -401,10 +405,10 @@ TINY_RUN = ["--per_device_train_batch_size", "1", "--per_device_eval_batch_size"
 def test_bad_samples_stop_the_run_before_a_model_loads_or_leave_every_split(mixed_clips, tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = ["--manifest", str(mixed_clips), "--output_dir", str(out)] + TINY_RUN
-    real_load_model = train.load_model
-    monkeypatch.setattr(train, "load_model", lambda *a: pytest.fail("a model was loaded before the pre-flight check"))
+    real_load_model = training_model.load_model
+    monkeypatch.setattr(training_run, "load_model", lambda *a: pytest.fail("a model was loaded before the pre-flight check"))
     with pytest.raises(ValueError, match="pre-flight check: 6 bad samples") as caught:
-        train.main(argv)
+        training_run.main(argv)
     message = str(caught.value)
     for file, reason in [("empty.mp4", "empty file (0 bytes)"), ("truncated.mp4", "unreadable, truncated or corrupt"),
                          ("text.mp4", "no video stream"), ("no_audio.mp4", "no audio track"),  # text: read as srt
@@ -413,8 +417,8 @@ def test_bad_samples_stop_the_run_before_a_model_loads_or_leave_every_split(mixe
 
     # --skip_bad_samples in the same folder (the stopped check left only its cache there): with one sample per batch,
     # all 9 good training clips, the evaluation and the generation accuracy run; nothing bad reaches a batch.
-    monkeypatch.setattr(train, "load_model", real_load_model)
-    results = train.main(argv + ["--skip_bad_samples"])
+    monkeypatch.setattr(training_run, "load_model", real_load_model)
+    results = training_run.main(argv + ["--skip_bad_samples"])
     recorded = [json.loads(line) for line in (out / "bad_samples.jsonl").read_text().splitlines()]
     assert [(r["split"], Path(r["file"]).name) for r in recorded] == [
         ("train", "empty.mp4"), ("train", "truncated.mp4"), ("train", "text.mp4"), ("train", "no_audio.mp4"),
@@ -436,11 +440,11 @@ def test_bad_samples_stop_the_run_before_a_model_loads_or_leave_every_split(mixe
 
     # Relaunched, the finished run resumes without probing a clip again; a stage failing after training still leaves
     # results.json, with the error, and the run says which stage failed.
-    monkeypatch.setattr(train.preflight, "probe", lambda *a: pytest.fail("probed again: the cache was not used"))
-    monkeypatch.setattr(train, "generation_accuracy", lambda *a: (_ for _ in ()).throw(ValueError("clip.mp4: bad")))
+    monkeypatch.setattr(preflight, "probe", lambda *a: pytest.fail("probed again: the cache was not used"))
+    monkeypatch.setattr(training_run, "generation_accuracy", lambda *a: (_ for _ in ()).throw(ValueError("clip.mp4: bad")))
     (out / "results.json").unlink()
     with pytest.raises(RuntimeError, match="generation accuracy failed after training"):
-        train.main(argv + ["--skip_bad_samples"])
+        training_run.main(argv + ["--skip_bad_samples"])
     saved = json.loads((out / "results.json").read_text())
     assert saved["errors"] == {"generation accuracy": "ValueError: clip.mp4: bad"} and "eval_loss" in saved["eval"]
 
@@ -452,20 +456,20 @@ def transformers_version():
 
 
 def test_an_unwritable_output_folder_is_refused_before_the_data_loads(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "load_data", lambda *a: pytest.fail("the data was loaded before the output check"))
+    monkeypatch.setattr(training_run, "load_data", lambda *a: pytest.fail("the data was loaded before the output check"))
     (tmp_path / "file").write_text("a file where a folder should be")
     with pytest.raises(ValueError, match=r"--output_dir .*file/run: cannot write there"):
-        train.main(["--output_dir", str(tmp_path / "file" / "run"), "--use_cpu", "true"])
+        training_run.main(["--output_dir", str(tmp_path / "file" / "run"), "--use_cpu", "true"])
     if os.geteuid() != 0:  # root writes into read-only folders
         (tmp_path / "ro").mkdir(mode=0o500)
         with pytest.raises(ValueError, match="ro: cannot write there"):
-            train.main(["--output_dir", str(tmp_path / "ro"), "--use_cpu", "true"])
+            training_run.main(["--output_dir", str(tmp_path / "ro"), "--use_cpu", "true"])
 
 
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory):
     """An AffectVerse folder as train.py exports it (config with auto_map, code files, processor, tokenizer)."""
-    from benchmarks.tiny import tiny_config, tiny_processor
+    from affectverse.default.tiny import tiny_config, tiny_processor
 
     folder = tmp_path_factory.mktemp("saved")
     torch.manual_seed(0)
@@ -495,42 +499,42 @@ def test_bad_weight_files_are_named_before_anything_loads(saved_tiny, tmp_path, 
         (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
             "a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     with pytest.raises(ValueError, match=message):
-        train.check_checkpoint(str(folder))
+        training_model.check_checkpoint(str(folder))
 
 
 def test_missing_tokenizer_files_are_named(saved_tiny, tmp_path):
     folder = _copy_without(saved_tiny, tmp_path / "model", "tokenizer.json")
-    args = train.ModelArguments(model_name_or_path=str(folder))
+    args = arguments.ModelArguments(model_name_or_path=str(folder))
     with pytest.raises(ValueError, match=r"no processor files for tokenizer \(tokenizer.json or vocab.json \+ merges"):
-        train.load_processor(args, train.DataArguments(), train.load_config(args))
+        training_model.load_processor(args, arguments.DataArguments(), training_model.load_config(args))
 
 
 def test_an_affectverse_folder_loads_with_the_projects_classes_without_a_prompt(saved_tiny, tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("asked whether to run the folder's code"))
-    args = train.ModelArguments(model_name_or_path=str(saved_tiny))
-    model, processor = train.load_model(args, train.DataArguments(), training_args(tmp_path))
+    args = arguments.ModelArguments(model_name_or_path=str(saved_tiny))
+    model, processor = training_model.load_model(args, arguments.DataArguments(), training_args(tmp_path))
     assert type(model).__module__ == "modeling_affectverse"  # not transformers_modules.*: no code of the folder ran
     assert type(processor).__module__ == "processing_affectverse"
     assert type(processor.tokenizer).__module__.startswith("transformers.")
-    assert args.trust_remote_code is False and "trust_remote_code" not in train.run_record(
-        args, train.DataArguments(), training_args(tmp_path))["model"]  # a flag, default off, not part of the run
+    assert args.trust_remote_code is False and "trust_remote_code" not in arguments.run_record(
+        args, arguments.DataArguments(), training_args(tmp_path))["model"]  # a flag, default off, not part of the run
 
 
 def test_the_model_card_of_a_real_run_names_its_base_and_data(saved_tiny, tmp_path):
-    from benchmarks import hub
-    from benchmarks.tiny import tiny_config
+    from affectverse import hub
+    from affectverse.default.tiny import tiny_config
 
     base = tmp_path / "Qwen2.5-Omni-7B"
     base.mkdir()
-    assert train.card_base_model(train.ModelArguments(model_name_or_path=str(base))) == "Qwen/Qwen2.5-Omni-7B"
-    assert train.card_base_model(train.ModelArguments(model_name_or_path=str(saved_tiny))) is None  # a local folder
-    assert train.card_base_model(train.ModelArguments(model_name_or_path="org/model")) == "org/model"  # a Hub id
-    assert train.card_base_model(train.ModelArguments()) is None  # the tiny preset
+    assert training_export.card_base_model(arguments.ModelArguments(model_name_or_path=str(base))) == "Qwen/Qwen2.5-Omni-7B"
+    assert training_export.card_base_model(arguments.ModelArguments(model_name_or_path=str(saved_tiny))) is None  # a local folder
+    assert training_export.card_base_model(arguments.ModelArguments(model_name_or_path="org/model")) == "org/model"  # a Hub id
+    assert training_export.card_base_model(arguments.ModelArguments()) is None  # the tiny preset
     data_args = _data_args(benchmarks="mer2023,meld", data_root="/data/mer", manifest="")
     state = type("State", (), {"global_step": 120, "epoch": 3.0})()
     results = {"train": {"train_loss": 1.25}, "eval": {"eval_loss": 0.5},
                "generation": {"accuracy": 0.625, "n": 64, "label_set": ["a", "b", "c", "d"], "examples": []}}
-    facts = train.card_facts(results, train.ModelArguments(model_name_or_path=str(base)), data_args, state, 900,
+    facts = training_export.card_facts(results, arguments.ModelArguments(model_name_or_path=str(base)), data_args, state, 900,
                              [0] * 64, 3)
     torch.manual_seed(0)
     card = str(hub.model_card(AffectVerseForConditionalGeneration(tiny_config()), base_model="Qwen/Qwen2.5-Omni-7B",
@@ -543,15 +547,15 @@ def test_the_model_card_of_a_real_run_names_its_base_and_data(saved_tiny, tmp_pa
 
 
 def test_defaults_are_the_paper_recipe():
-    model_args, data_args, args = train.parse_args(["--model_name_or_path", "x", "--use_cpu", "true"])
+    model_args, data_args, args = training_run.parse_args(["--model_name_or_path", "x", "--use_cpu", "true"])
     assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (16, 32, 0.05)
     assert (args.learning_rate, args.weight_decay, args.warmup_steps) == (2e-4, 0.01, 0.03)
     assert str(args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, "value") else args.lr_scheduler_type) \
         == "cosine"
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.num_train_epochs) == (4, 8, 3)
     assert data_args.max_length == 1024 and args.remove_unused_columns is False
-    tiny_model, tiny_data, tiny_args = train.parse_args([])  # the embedded default
-    assert tiny_model.model_name_or_path is None and tiny_data.manifest == train.TINY_CLIPS
+    tiny_model, tiny_data, tiny_args = training_run.parse_args([])  # the embedded default
+    assert tiny_model.model_name_or_path is None and tiny_data.manifest == arguments.TINY_CLIPS
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -574,11 +578,12 @@ with torch.no_grad():
 
 
 def test_export_merges_lora_and_loads_with_trust_remote_code_elsewhere(tmp_path):
-    from benchmarks.tiny import tiny_processor
     from peft import PeftModel
 
+    from affectverse.default.tiny import tiny_processor
+
     config, model = tiny_peft()
-    trainer = train.AffectVerseTrainer(model=model, args=training_args(tmp_path / "run", learning_rate=5e-2),
+    trainer = training_trainer.AffectVerseTrainer(model=model, args=training_args(tmp_path / "run", learning_rate=5e-2),
                                        train_dataset=SpecDataset(4), data_collator=collator(config))
     trainer.train()  # LoRA B and the EWM move away from their init, so the merge matters
     batch = build_batch(config, [(2, 60), (0, 50)], seed=3)
@@ -587,7 +592,7 @@ def test_export_merges_lora_and_loads_with_trust_remote_code_elsewhere(tmp_path)
     with torch.no_grad():
         expected = model(**batch).logits
     out = tmp_path / "export"
-    merged = train.export(trainer, tiny_processor(), train.ModelArguments(), train.DataArguments(), out)
+    merged = training_export.export(trainer, tiny_processor(), arguments.ModelArguments(), arguments.DataArguments(), out)
     assert not any("lora" in name for name, _ in merged.named_parameters())
     assert {"config.json", "model.safetensors", "modeling_affectverse.py", "ewm_affectverse.py",
             "configuration_affectverse.py", "processing_affectverse.py", "tokenizer.json"} <= \
@@ -626,7 +631,7 @@ def test_train_py_end_to_end(tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "checkpoint-4").is_dir()
     card = (out / "README.md").read_text()  # the model card says what this run was
     assert "tiny random test model" in card and f"eval loss {results['eval']['eval_loss']:.4f}" in card
-    assert "synthetic clips generated by `benchmarks/clips.py` (not MER-UniBench)" in card
+    assert "synthetic clips generated by `affectverse/default/clips.py` (not MER-UniBench)" in card
     reload = subprocess.run([sys.executable, "-c", "import sys; from transformers import AutoModelForCausalLM, "
                              "AutoProcessor; AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True);"
                              " AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)", str(out)],
@@ -643,7 +648,7 @@ def _stock_thinker_folder(folder: Path):
     """A Qwen2.5-Omni thinker checkpoint (stock classes, tiny dimensions) with a stock processor."""
     from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
-    from benchmarks.tiny import tiny_config, tiny_processor
+    from affectverse.default.tiny import tiny_config, tiny_processor
     from configuration_affectverse import AffectVerseConfig
 
     fields = tiny_config().to_dict()
@@ -685,10 +690,10 @@ DDP_WORKER = """
 import sys, torch
 sys.path.insert(0, {root!r})
 from tests.test_train import SpecDataset, collator, tiny_peft, training_args
-import train
+from affectverse.training import trainer as training_trainer
 config, model = tiny_peft(seed=0)
 args = training_args({out!r}, max_steps=3, gradient_accumulation_steps=2, ddp_backend="gloo")
-trainer = train.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(16),
+trainer = training_trainer.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(16),
                                    data_collator=collator(config))
 trainer.train()
 rank = trainer.args.process_index
@@ -705,7 +710,8 @@ KILL_WORKER = """
 import json, os, signal, sys, torch
 sys.path.insert(0, {root!r})
 from tests.test_train import SpecDataset, collator, tiny_peft, training_args
-import train
+from affectverse.training import run_folder
+from affectverse.training import trainer as training_trainer
 out, kill = sys.argv[1], sys.argv[2] == "kill"
 save = torch.save
 def dying_save(obj, path, *args, **kwargs):  # kill -9 in the middle of checkpoint-4's save: weights written, no more
@@ -715,9 +721,9 @@ def dying_save(obj, path, *args, **kwargs):  # kill -9 in the middle of checkpoi
 torch.save = dying_save
 config, model = tiny_peft(seed=0)
 args = training_args(out, max_steps=5, gradient_accumulation_steps=2, save_strategy="steps", save_steps=2)
-trainer = train.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(12),
+trainer = training_trainer.AffectVerseTrainer(model=model, args=args, train_dataset=SpecDataset(12),
                                    data_collator=collator(config))
-trainer.train(resume_from_checkpoint=train.last_complete_checkpoint(train.Path(out)))
+trainer.train(resume_from_checkpoint=run_folder.last_complete_checkpoint(Path(out)))
 logs = [[h["loss"], h["lm_loss"]] for h in trainer.state.log_history if "loss" in h]
 weights = {{n: p.detach() for n, p in model.named_parameters() if p.requires_grad}}
 torch.save(weights, os.path.join(out, "weights.pt"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.clips import generate_clips
-from benchmarks.engine import MODALITIES, Engine, Setting, decode, label_candidates, modality_row, to_device
-from benchmarks.tiny import tiny_config, tiny_processor
+from affectverse.default.clips import generate_clips
+from affectverse.default.tiny import tiny_config, tiny_processor
+from affectverse.inference.engine import MODALITIES, Engine, Setting, decode, label_candidates, modality_row, to_device
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from pipeline_affectverse import label_scores
 from processing_affectverse import AffectVerseCollator, AffectVerseProcessor
@@ -101,7 +101,7 @@ RATIOS = (0.1, 0.3, 0.6, 1.0)
 def test_trajectory_equals_independent_predictions(tiny, reuse, share):
     """Each ratio's answer and label scores are those of an independent prediction at that keep_ratio: decoded
     once and batched, with and without the KV cache shared across ratios, or one prediction per ratio."""
-    from benchmarks.trajectory import trajectory
+    from affectverse.inference.trajectory import trajectory
 
     model, processor, rows = tiny
     curves = trajectory(model, processor, rows, RATIOS, labels=LABELS, max_new_tokens=4, reuse=reuse,
@@ -121,7 +121,7 @@ def test_trajectory_equals_independent_predictions(tiny, reuse, share):
 def test_trajectory_engine_shares_the_prefix_only_where_the_model_takes_it(tiny):
     """The batched trajectory passes share_prefix to the model; a folder's older model code without that input
     (or reuse=False) gets nothing extra, instead of failing every batch."""
-    from benchmarks.trajectory import TrajectoryEngine
+    from affectverse.inference.trajectory import TrajectoryEngine
 
     model, processor, _ = tiny
 
@@ -145,7 +145,7 @@ def test_share_prefix_computes_the_shared_tokens_once_and_changes_nothing(tiny, 
     the same logits, cache and greedy tokens, for the EWM reading the last or an intermediate layer."""
     from transformers import DynamicCache
 
-    from benchmarks.trajectory import decode_trajectory
+    from affectverse.inference.trajectory import decode_trajectory
     from benchmarks.trajectory_bench import prompt_work
 
     _, _, rows = tiny
@@ -174,7 +174,7 @@ def test_share_prefix_computes_the_shared_tokens_once_and_changes_nothing(tiny, 
 def test_share_prefix_without_a_generation_cache_and_with_right_padding(tiny):
     """The shared pass also serves a forward that returns every position's logits (no generation cache: the
     language model reruns the whole prompt after it) and right-padded rows (all rows start at column 0)."""
-    from benchmarks.trajectory import ratio_samples
+    from affectverse.inference.trajectory import ratio_samples
 
     model, processor, rows = tiny
     sample = AffectVerseCollator(processor, training=False).sample(modality_row(rows[0], MODALITIES["avt"]))
@@ -195,7 +195,7 @@ def test_share_prefix_without_a_generation_cache_and_with_right_padding(tiny):
 def test_shared_decoding_gives_the_files_inputs_at_each_ratio(tiny, modality):
     """Decoded once, each ratio's ids, audio features and video patches are the file's own at that keep_ratio
     (A+T reads the clip's audio as a file, V+T has no audio)."""
-    from benchmarks.trajectory import decode_trajectory
+    from affectverse.inference.trajectory import decode_trajectory
 
     model, processor, rows = tiny
     settings = [Setting(MODALITIES[modality], r) for r in RATIOS]
@@ -220,7 +220,7 @@ def test_shared_decoding_gives_the_files_inputs_at_each_ratio(tiny, modality):
 
 
 def test_trajectory_of_a_bad_clip_is_an_error_per_ratio(tiny, tmp_path):
-    from benchmarks.trajectory import trajectory
+    from affectverse.inference.trajectory import trajectory
 
     model, processor, _ = tiny
     bad = tmp_path / "corrupt.mp4"
@@ -231,7 +231,7 @@ def test_trajectory_of_a_bad_clip_is_an_error_per_ratio(tiny, tmp_path):
 
 
 def test_the_trajectory_figure_renders(tiny, tmp_path):
-    from benchmarks.trajectory import plot_trajectories
+    from affectverse.inference.trajectory import plot_trajectories
 
     curves = {f"clip{i}.mp4": [{"keep_ratio": r, "label_scores": {"happy": r, "sad": 1 - r}} for r in RATIOS]
               for i in range(3)}
@@ -259,7 +259,7 @@ def _records(path):
 
 
 def test_cli_predict_labels_and_trajectory_resume_and_figure(folder, tiny, tmp_path):
-    import affectverse_cli as cli
+    from affectverse import cli
 
     _, _, rows = tiny
     clips = [r["video"] for r in rows]
@@ -289,8 +289,8 @@ def test_cli_predict_labels_and_trajectory_resume_and_figure(folder, tiny, tmp_p
 # ==================================================================================================== embed
 @pytest.mark.parametrize("suffix", [".safetensors", ".parquet"])
 def test_embed_is_resumable_and_matches_a_direct_forward(folder, tiny, tmp_path, suffix):
-    import affectverse_cli as cli
-    from benchmarks.embed import embed_batch, read_embeddings, store_path
+    from affectverse import cli
+    from affectverse.inference.embed import embed_batch, read_embeddings, store_path
 
     model, processor, rows = tiny
     clips = [r["video"] for r in rows]
@@ -325,7 +325,7 @@ def test_embed_is_resumable_and_matches_a_direct_forward(folder, tiny, tmp_path,
 
 
 def test_embed_rows_do_not_depend_on_the_batch(tiny):
-    from benchmarks.embed import embed_batch
+    from affectverse.inference.embed import embed_batch
 
     model, processor, rows = tiny
     together = embed_batch(model, decode(processor, AVT, rows)[0])
@@ -337,7 +337,7 @@ def test_embed_rows_do_not_depend_on_the_batch(tiny):
 
 
 def test_engine_batches_never_mix_label_sets(tiny):
-    """benchmarks.run gives each benchmark its own label set: a batch holds one (the scores normalise over it)."""
+    """affectverse.evaluation.runner gives each benchmark its own label set: a batch holds one (the scores normalise over it)."""
     model, processor, rows = tiny
     sets = {"a": ["happy", "sad"], "b": ["angry", "neutral", "happy"], "c": None}
     engine = Engine(model, processor, max_new_tokens=2, batch_size=4, num_workers=0,

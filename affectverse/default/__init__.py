@@ -1,0 +1,1 @@
+"""The embedded default: the tiny random preset and the generated clips that ``python train.py`` trains on."""

@@ -1,0 +1,1 @@
+"""Evaluation: the MER-UniBench runner (``affectverse evaluate``) and its tables and figures."""

@@ -1,0 +1,440 @@
+"""Hub export: the model card, the Hub-ready folder and the upload.
+
+:func:`export_for_hub` writes what a Hub model repository needs (sharded safetensors, config with ``auto_map``,
+processor and tokenizer files, the code files and a model card); :func:`push_folder` uploads a folder with
+``huggingface_hub``. Used by the ``affectverse`` command and by ``train.py``; its network calls are tested
+against a mocked ``HfApi`` only (``tests/test_cli.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import metadata
+from pathlib import Path
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import filter_repo_objects
+from transformers.dynamic_module_utils import custom_object_save
+
+from affectverse.scoring.score import BENCHMARKS
+from pipeline_affectverse import CUSTOM_PIPELINES, EmotionRecognitionPipeline
+
+logger = logging.getLogger("affectverse")
+
+SUBTITLE_COLUMNS = ("subtitle", "english", "sentence", "text", "chinese")  # first one present is read
+REMOTE_CODE_FILES = ("configuration_affectverse.py", "modeling_affectverse.py", "ewm_affectverse.py",
+                     "processing_affectverse.py", "media_affectverse.py", "pipeline_affectverse.py")
+BASE_MODEL = "Qwen/Qwen2.5-Omni-7B"
+PAPER = "https://arxiv.org/abs/2605.19950"
+# Title and authors as on the paper's first page (arXiv:2605.19950v1, cs.CV, 19 May 2026).
+BIBTEX = """\
+@misc{zhao2026affectverse,
+  title         = {AffectVerse: Emotional World Models for Multimodal Affective Computing},
+  author        = {Zhao, Bo and Ye, Fanghua and Ji, Yixin and Zhao, Sicheng and Peng, Xiaojiang and Yu, Zitong},
+  year          = {2026},
+  eprint        = {2605.19950},
+  archivePrefix = {arXiv},
+  primaryClass  = {cs.CV},
+  url           = {https://arxiv.org/abs/2605.19950}
+}"""
+# The Hub task that matches what the model does: video (+ audio) + text in, text out. "any-to-any" would promise
+# generated audio or images, but AffectVerse keeps only the thinker (no talker): its output is always text.
+PIPELINE_TAG = "video-text-to-text"
+TAGS = ["affective-computing", "emotion-recognition", "multimodal", "qwen2.5-omni", "custom_code"]
+UPLOAD_IGNORE = ["__pycache__", "__pycache__/*", "*/__pycache__/*", "*.pyc", ".ipynb_checkpoints/*"]
+
+# docs/usage.md holds this snippet verbatim (with MODEL = "your-name/affectverse-7b"); tests run it.
+USAGE_SNIPPET = """\
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+model = AutoModelForCausalLM.from_pretrained("{model}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{model}", trust_remote_code=True)
+inputs = processor(video="clip.mp4", audio="video", subtitle="I can't believe it.")
+answer = processor.batch_decode(model.generate(**inputs, max_new_tokens=64)[:, inputs["input_ids"].shape[1]:],
+                                skip_special_tokens=True)[0]
+print(answer)  # e.g. "The character's emotional state is surprise."
+"""
+
+# MER-UniBench benchmarks (keys of affectverse.scoring.score) as the model card names them: (dataset, task, split).
+MER_UNIBENCH = {
+    "mer2023": ("MER2023", "Multimodal emotion recognition", "test1"),
+    "mer2024": ("MER2024", "Multimodal emotion recognition", "test1"),
+    "meld": ("MELD", "Multimodal emotion recognition", "test"),
+    "iemocap": ("IEMOCAP", "Multimodal emotion recognition", "session5"),
+    "mosi": ("CMU-MOSI", "Multimodal sentiment analysis", "test"),
+    "mosei": ("CMU-MOSEI", "Multimodal sentiment analysis", "test"),
+    "sims": ("CH-SIMS", "Multimodal sentiment analysis", "test"),
+    "simsv2": ("CH-SIMS v2", "Multimodal sentiment analysis", "test"),
+    "ovmerdplus": ("OV-MERD+", "Open-vocabulary emotion recognition", "test"),
+}
+# (report key, metric type, metric name) per scorer kind; the first entry is the benchmark's main score.
+METRICS = {
+    "hit": [("main_score", "hit", "HIT (mean over the 5 emotion wheels)"),
+            ("closed_set_weighted_f1", "f1", "closed-set weighted F1")],
+    "sentiment": [("main_score", "f1", "non-zero weighted F1 (WAF)"), ("acc2", "accuracy", "non-zero Acc-2")],
+    "ovmerd": [("main_score", "f1", "emotion-wheel set F-score")],
+}
+
+# The paper's training recipe (Appendix A.3), for the model card.
+PAPER_RECIPE = [
+    ("Backbone", f"{BASE_MODEL} thinker, frozen"),
+    ("LoRA", "r=16, alpha=32, dropout 0.05 on the language model's q/k/v/o projections"),
+    ("Emotion World Module", "fully trained; d_w=512, N_s=8 future queries, S=3 rollout steps "
+                             "(2-layer cross-attention, 8 heads), N_b=4 belief queries (8 with audio and video)"),
+    ("Optimiser", "AdamW, lr 2e-4, cosine schedule, 3% linear warm-up, weight decay 0.01"),
+    ("Batch", "4 per GPU x 8 gradient-accumulation steps (32 per step), 3 epochs"),
+    ("Temporal split", "kappa ~ U[0.7, 1) in training, 1 at inference"),
+    ("Modality dropout", "p_drop = 0.15"),
+    ("Loss", "L_lm + lambda * L_img with lambda = 1"),
+    ("Inputs", "video at 3 fps, 224 x 224; at most 1024 tokens per sample"),
+    ("Data", "the merged training sets of the nine MER-UniBench benchmarks"),
+]
+
+
+def _merged(model):
+    """A peft-wrapped model with LoRA folded in (in place); other models unchanged."""
+    if hasattr(model, "peft_config") and hasattr(model, "merge_and_unload"):
+        logger.info("merging the LoRA adapter into the model")
+        return model.merge_and_unload()
+    return model
+
+
+def _check_pair(model, processor):
+    """The processor must be an AffectVerseProcessor with the model's belief settings (names, not isinstance: the
+    class may come from the package or from a checkpoint's remote code)."""
+    if type(processor).__name__ != "AffectVerseProcessor":
+        raise ValueError(f"export needs an AffectVerseProcessor, got {type(processor).__name__}; build one with "
+                         "AffectVerseProcessor.from_model_config(model.config, processor)")
+    config = model.config
+    for key in ("belief_token_id", "num_belief_queries", "injection", "belief_construction"):
+        if getattr(processor, key) != getattr(config, key):
+            raise ValueError(f"processor {key}={getattr(processor, key)!r} but the model has {getattr(config, key)!r}")
+
+
+def _norm(name) -> str:
+    """A benchmark name reduced to lower-case letters and digits ("CMU-MOSI" -> "cmumosi")."""
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
+
+
+def _run_scores(summary: dict, lookup: dict) -> dict:
+    """``{benchmark: entry}`` of a ``affectverse.evaluation.runner`` ``scores.json``: the A+V+T entry at kappa = 1 (the model
+    card's setting, as Table 1); benchmarks outside MER-UniBench and entries without a main score are skipped."""
+    chosen = {}
+    for entry in summary["results"]:
+        if entry.get("modality") != "avt" or float(entry.get("keep_ratio", 1.0)) != 1.0:
+            continue
+        if lookup.get(_norm(entry.get("benchmark"))) is None:
+            logger.warning("evaluation summary: %s is not a MER-UniBench benchmark; not in the card",
+                           entry.get("benchmark"))
+        elif entry.get("main_score") is None:
+            logger.warning("evaluation summary: %s has no main score (%s); not in the card", entry["benchmark"],
+                           entry.get("main_note", "not scored"))
+        else:
+            chosen[entry["benchmark"]] = entry
+    if not chosen:
+        raise ValueError("evaluation summary (affectverse.evaluation.runner scores.json): no scored MER-UniBench benchmark in the "
+                         "A+V+T setting at keep ratio 1.0")
+    return chosen
+
+
+def read_eval_summary(summary) -> dict[str, dict]:
+    """``{benchmark key: score report}`` from an evaluation summary: a path to JSON, or already-loaded JSON.
+
+    Accepted: ``affectverse.evaluation.runner``'s ``scores.json`` (``{"errors": ..., "results": [...]}``: its A+V+T
+    entries at
+    keep ratio 1.0), one ``affectverse score`` report (``{"benchmark": ..., "main_score": ...}``; with
+    several checkpoints its ``best``), a list of them, or ``{benchmark: report or main score}``. Benchmark names are
+    matched loosely ("CMU-MOSI", "mosi", "OV-MERD+" all work); scores are on the 0-100 scale of the scorer.
+    """
+    if isinstance(summary, (str, Path)):
+        summary = json.loads(Path(summary).read_text(encoding="utf-8"))
+    if isinstance(summary, dict) and "benchmark" in summary:
+        summary = [summary]
+    if isinstance(summary, list):
+        summary = {report["benchmark"]: report for report in summary}
+    lookup = {_norm(key): key for key in MER_UNIBENCH} | {_norm(v[0]): key for key, v in MER_UNIBENCH.items()}
+    if isinstance(summary, dict) and isinstance(summary.get("results"), list):
+        summary = _run_scores(summary, lookup)
+    reports = {}
+    for name, report in summary.items():
+        key = lookup.get(_norm(name))
+        if key is None:
+            raise ValueError(f"evaluation summary: unknown benchmark {name!r}; expected one of {sorted(MER_UNIBENCH)}")
+        report = report if isinstance(report, dict) else {"main_score": report}
+        report = report.get("best", report)
+        if not isinstance(report.get("main_score"), (int, float)):
+            raise ValueError(f"evaluation summary: {name} has no numeric main_score: {report}")
+        reports[key] = report
+    return reports
+
+
+def eval_results(reports: dict[str, dict]) -> list[EvalResult]:
+    """The model-index entries of the card: every metric each benchmark's report holds, plus the MER-UniBench mean
+    when all nine are there."""
+    results = []
+    for key, report in reports.items():
+        dataset, task, split = MER_UNIBENCH[key]
+        for field, metric_type, metric_name in METRICS[BENCHMARKS[key].kind]:
+            if isinstance(report.get(field), (int, float)):
+                results.append(EvalResult(
+                    task_type=PIPELINE_TAG, task_name=task, dataset_type=key, dataset_name=dataset,
+                    dataset_split=split, metric_type=metric_type, metric_name=metric_name,
+                    metric_value=round(float(report[field]), 2)))
+    if set(reports) == set(MER_UNIBENCH):
+        mean = sum(float(r["main_score"]) for r in reports.values()) / len(reports)
+        results.append(EvalResult(
+            task_type=PIPELINE_TAG, task_name="Multimodal emotion understanding", dataset_type="merunibench",
+            dataset_name="MER-UniBench", metric_type="mean", metric_name="mean of the nine main scores",
+            metric_value=round(mean, 2)))
+    return results
+
+
+def _results_table(reports: dict[str, dict]) -> str:
+    if not reports:
+        return "No evaluation summary was given when this folder was exported."
+    lines = ["| benchmark | main metric | score | other |", "|---|---|---|---|"]
+    for key, report in reports.items():
+        metrics = METRICS[BENCHMARKS[key].kind]
+        other = ", ".join(f"{name} {report[field]:.2f}" for field, _, name in metrics[1:]
+                          if isinstance(report.get(field), (int, float)))
+        lines.append(f"| {MER_UNIBENCH[key][0]} | {metrics[0][2]} | {report['main_score']:.2f} | {other} |")
+    return "\n".join(lines) + "\n\nScores x100, by the MER-UniBench rules (the project's `affectverse/scoring/score.py`)."
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+def _flatten(args) -> dict:
+    """Training arguments as flat ``{name: value}`` (a run_args.json record, a dict, or TrainingArguments)."""
+    args = args.to_dict() if hasattr(args, "to_dict") else dict(args)
+    flat = {}
+    for key, value in args.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def transformers_pin() -> str:
+    """``transformers==X.Y.Z`` of the installed release (the one the model was saved with)."""
+    try:
+        return f"transformers=={metadata.version('transformers')}"
+    except metadata.PackageNotFoundError:  # pragma: no cover - an unusual install without metadata
+        import transformers
+
+        return f"transformers=={transformers.__version__}"
+
+
+def card_datasets(training_args) -> list[str] | None:
+    """The Hub ``datasets`` of a run: its ``--benchmarks`` (from run_args.json or a dict), None without any."""
+    if training_args is None:
+        return None
+    benchmarks = _flatten(training_args).get("data.benchmarks")
+    if not isinstance(benchmarks, str):
+        return None
+    return [b.strip() for b in benchmarks.split(",") if b.strip()] or None
+
+
+def run_lines(run: dict) -> list[str]:
+    """What a run did, a sentence a fact: base model and data as they were, the run's own losses and accuracy
+    (``affectverse.training.export.card_facts``); the model card's "This run" and train.py's closing summary."""
+    def number(value, fmt=".4f"):
+        return "not measured" if value is None else format(value, fmt)
+
+    skipped = f"; {run['bad_samples']} bad samples left out by the pre-flight check" if run.get("bad_samples") else ""
+    lines = [f"Base model: {run.get('base')}",
+             f"Data: {run.get('data') or 'not recorded'} ({run.get('train_samples')} training samples{skipped})",
+             f"Training: {run.get('steps')} optimizer steps ({run.get('epochs')} epochs), training loss "
+             f"{number(run.get('train_loss'))} (mean over the whole run)"]
+    if run.get("eval_split"):
+        lines.append(f"Held-out `{run['eval_split']}` split ({run.get('eval_samples')} samples): eval loss "
+                     f"{number(run.get('eval_loss'))}")
+    gen = run.get("generation")
+    if gen and "accuracy" in gen:
+        chance = f", chance {1 / len(gen['label_set']):.3f}" if gen.get("label_set") else ""
+        lines.append(f"Greedy-generation accuracy on {gen['n']} held-out samples: {gen['accuracy']:.3f}{chance}")
+    else:
+        lines.append("Greedy-generation accuracy: not measured")
+    return lines
+
+
+TINY_NOTICE = ("> **This is not a usable emotion model.** It is the tiny preset of `train.py`: a small random "
+               "AffectVerse (not Qwen2.5-Omni-7B) fine-tuned on {data}. It exists to test the training, export and "
+               "loading pipeline; its numbers below say nothing about emotion recognition.")
+GENERATED_DATA = "synthetic clips generated by `affectverse/default/clips.py` (not MER-UniBench)"
+
+
+def model_card(model, reports=None, training_args=None, license="apache-2.0", datasets=None,
+               base_model=BASE_MODEL, repo_id=None, run=None) -> ModelCard:
+    """The model card: Hub metadata (``ModelCardData``, model-index from ``reports``) and a body for users.
+
+    ``run``: what ``train.py`` knows about the run that made this checkpoint
+    (``affectverse.training.export.card_facts``: base model,
+    data, losses, generation accuracy; ``tiny`` marks the random tiny preset). ``base_model=None`` leaves it out
+    of the metadata (a random or local base).
+    """
+    reports = reports or {}
+    run = run or {}
+    tiny = bool(run.get("tiny"))
+    results = eval_results(reports)
+    data = ModelCardData(
+        library_name="transformers", base_model=None if tiny else base_model, pipeline_tag=PIPELINE_TAG,
+        license=license, tags=list(TAGS) + (["tiny-random", "synthetic-data"] if tiny else []),
+        datasets=list(datasets) if datasets else None,
+        model_name="AffectVerse" if results else None, eval_results=results or None,  # model-index only
+    )
+    config, ewm = model.config, getattr(model, "ewm", None)
+    facts = (f"{_count(model.num_parameters())} parameters, of which "
+             f"{_count(sum(p.numel() for p in ewm.parameters()) if ewm is not None else 0)} in the Emotion World "
+             f"Module (`belief_construction={config.belief_construction!r}`, {config.num_belief_queries} belief "
+             f"queries per modality, {config.rollout_steps} rollout steps)")
+    run_args = ""
+    if training_args is not None:
+        rows = "\n".join(f"| `{k}` | `{json.dumps(v, default=str)}` |" for k, v in _flatten(training_args).items())
+        run_args = ("\n\n<details><summary>This checkpoint's run</summary>\n\n| argument | value |\n|---|---|\n"
+                    f"{rows}\n\n</details>")
+    recipe = "\n".join(f"| {name} | {value} |" for name, value in PAPER_RECIPE)
+    this_run = "\n## This run\n\n" + "".join(f"- {line}\n" for line in run_lines(run)) if run else ""
+    recipe_note = ("The paper's recipe, for reference; this tiny run used its own arguments (below)." if tiny else
+                   "This run's own arguments are listed below the table." if training_args is not None else "")
+    data_words = GENERATED_DATA if run.get("generated") else "the data listed under \"This run\""
+    limitations = (f"A random tiny model fine-tuned on {data_words}: it must not be used on real data." if tiny else
+                   "Emotion answers are free text: a label list is extracted from them by rule, which can miss "
+                   "paraphrases. The model inherits the biases of its base model and of the MER-UniBench training "
+                   "data (acted and TV speech, mostly English and Chinese); it describes perceived emotion and is "
+                   "not fit for decisions about people.")
+    pin = transformers_pin()
+    body = f"""
+# AffectVerse{" (tiny random test model)" if tiny else ""}
+{chr(10) + TINY_NOTICE.format(data=data_words) + chr(10) if tiny else ""}
+AffectVerse ([arXiv:2605.19950]({PAPER})) is the Qwen2.5-Omni thinker with an **Emotion World Module**: it reads
+the video and audio of a clip, imagines where the affect is heading, and injects the result as belief tokens
+before the model answers. It answers in text, e.g. "The character's emotional state is happy, surprise."
+
+This checkpoint: {facts}. Weights are safetensors; the model code ships in this repository
+(`trust_remote_code=True`; it imports only torch and transformers, and decord or PyAV to read video files).
+Saved with `{pin}`: install that release (`pip install "{pin}"`); the code follows its Qwen2.5-Omni thinker API.
+{this_run}
+## Usage
+
+```python
+{USAGE_SNIPPET.format(model=repo_id or "path/to/this/folder").strip()}
+```
+
+`audio="video"` reads the clip's own sound track; `audio=None` leaves audio out, and `subtitle` may be empty.
+For many clips, the project's command line batches, resumes and records bad files:
+`affectverse predict {repo_id or "path/to/this/folder"} clips/ --out predictions.jsonl --sentiment`.
+
+## Evaluation (MER-UniBench)
+
+{_results_table(reports)}
+
+## Training recipe (paper, Appendix A.3)
+
+{recipe_note}
+
+| | |
+|---|---|
+{recipe}{run_args}
+
+## Limitations
+
+{limitations}
+
+## Citation
+
+```bibtex
+{BIBTEX}
+```
+"""
+    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n{{ body }}", body=body)
+
+
+def export_for_hub(model, processor, out_dir, eval_summary=None, training_args=None, max_shard_size="2GB", *,
+                   license="apache-2.0", datasets=None, base_model=BASE_MODEL, repo_id=None, run=None) -> Path:
+    """Write a Hub-ready AffectVerse folder and return its path.
+
+    Args:
+        model: an AffectVerse model; a peft-wrapped one has its LoRA merged in first (in place).
+        processor: its ``AffectVerseProcessor`` (checked against the model's belief settings).
+        out_dir: the folder to write (created; files of the same names are overwritten).
+        eval_summary: MER-UniBench scores for the card's model-index: a JSON path or loaded JSON, see
+            :func:`read_eval_summary`. None: no model-index.
+        training_args: this run's arguments for the card (``run_args.json`` of ``train.py``, a dict, or
+            ``TrainingArguments``); the paper's recipe is always shown.
+        max_shard_size: safetensors shard size (``save_pretrained``'s argument).
+        license, datasets, base_model: card metadata; ``repo_id`` goes into the card's usage snippet.
+        run: what train.py knows about the run (``affectverse.training.export.card_facts``), for the card's "This run"
+        section.
+
+    Writes ``model*.safetensors`` (+ index when sharded), ``config.json`` with ``auto_map``, ``generation_config.json``,
+    the processor and tokenizer files, the four ``*_affectverse.py`` code files and ``README.md``.
+    """
+    out = Path(out_dir)
+    model = _merged(model)
+    _check_pair(model, processor)
+    model.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("emotion-recognition", model=out, ...)
+    reports = read_eval_summary(eval_summary) if eval_summary is not None else {}
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, max_shard_size=max_shard_size)
+    processor.save_pretrained(out)
+    custom_object_save(EmotionRecognitionPipeline, out)  # the pipelines' code that custom_pipelines names
+    missing = [name for name in REMOTE_CODE_FILES if not (out / name).is_file()]
+    if missing:
+        raise RuntimeError(f"{out}: save_pretrained did not copy {missing}; the folder would not load with "
+                           "trust_remote_code (is the class registered with register_for_auto_class?)")
+    if datasets is None:
+        datasets = card_datasets(training_args)
+    model_card(model, reports, training_args, license, datasets, base_model, repo_id, run).save(out / "README.md")
+    logger.info("exported %s (%s)", out, human_size(sum(size for _, size in upload_plan(out))))
+    return out
+
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def upload_plan(folder) -> list[tuple[str, int]]:
+    """(path in repo, size) of each file ``push`` uploads: what ``upload_folder`` sends with ``UPLOAD_IGNORE``."""
+    try:
+        from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS  # upload_folder's own exclusions (.git, cache)
+    except ImportError:  # pragma: no cover - moved in another huggingface_hub release
+        DEFAULT_IGNORE_PATTERNS = [".git", ".git/*", "*/.git", "**/.git/**", ".cache/huggingface/**"]
+    folder = Path(folder)
+    sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    kept = filter_repo_objects(sizes, ignore_patterns=UPLOAD_IGNORE + list(DEFAULT_IGNORE_PATTERNS))
+    return [(path, sizes[path]) for path in kept]
+
+
+def push_folder(folder, repo_id: str, private: bool | None = None, revision: str | None = None,
+                commit_message: str | None = None, dry_run: bool = False):
+    """Upload ``folder`` to the model repository ``repo_id`` (created if missing) and return the commit info.
+
+    Calls ``HfApi().create_repo(repo_id, private=..., exist_ok=True, repo_type="model")``, then
+    ``create_branch`` when ``revision`` names a branch other than main, then ``upload_folder``. ``private`` only
+    applies when the repository is created. ``dry_run``: returns the upload plan and calls nothing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder")
+    plan = upload_plan(folder)
+    missing = [name for name in ("README.md", "config.json") if name not in dict(plan)]
+    if missing:
+        logger.warning("%s has no %s: is it an `affectverse export` folder?", folder, " or ".join(missing))
+    if dry_run:
+        return plan
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision,
+                             commit_message=commit_message or "Upload AffectVerse", ignore_patterns=list(UPLOAD_IGNORE))
+
+

@@ -1,0 +1,1 @@
+"""Inference: the prediction engine and its store, trajectories over observation ratios, embeddings."""

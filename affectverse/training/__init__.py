@@ -1,0 +1,1 @@
+"""Training: ``train.py`` / ``affectverse train`` (:mod:`affectverse.training.run`) and the parts it runs."""
