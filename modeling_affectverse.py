@@ -185,7 +185,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 constant_(module.residual_scale, self.config.residual_scale_init)
 
     # -- inputs ----------------------------------------------------------------------------------------------------
-    def _embed(self, input_ids, input_features=None, feature_attention_mask=None, pixel_values=None,
+    def embed_media(self, input_ids, input_features=None, feature_attention_mask=None, pixel_values=None,
                image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None):
         """Token embeddings with audio/image/video encoder features scattered into their placeholders, (B, L, d),
         and the image encoder's output (the stock thinker returns it as ``image_outputs``)."""
@@ -245,11 +245,17 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         """Pass 1: the thinker over the prompt prefix; the hidden layer the EWM reads, `(B, prefix_len - start,
         d)`. With ``cache`` (an empty generation cache, or one holding the first ``start`` columns) its
         keys/values are written there for reuse."""
+        return self.language_states(embeds[:, start:prefix_len], attention_mask[:, :prefix_len],
+                                    position_ids[..., start:prefix_len], cache)
+
+    def language_states(self, embeds, attention_mask, position_ids, cache=None):
+        """The language model over ``embeds`` `(B, n, d)` after the columns ``cache`` holds (their keys/values are
+        appended to it): the hidden layer the EWM reads (``config.ewm_hidden_layer``), `(B, n, d)`. The mask
+        covers the cached columns and these (None: no padding); pass 1's step, also a live stream's per chunk."""
         layer = self.config.ewm_hidden_layer
         out = self.model.language_model(
-            inputs_embeds=embeds[:, start:prefix_len], attention_mask=attention_mask[:, :prefix_len],
-            position_ids=position_ids[..., start:prefix_len], cache=cache, use_cache=cache is not None,
-            output_hidden_states=layer != -1, output_attentions=False, return_dict=True,
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            use_cache=cache is not None, output_hidden_states=layer != -1, output_attentions=False, return_dict=True,
         )
         return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
 
@@ -305,7 +311,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
         ``position_ids`` `(3 or 4, B, L)`. With ``cache``, pass 1 fills its leading columns (see ``cached``);
         ``share_prefix``: see :meth:`_observe_shared`."""
         cfg = self.config
-        embeds, image_outputs = self._embed(input_ids, **{k: media.get(k) for k in (
+        embeds, image_outputs = self.embed_media(input_ids, **{k: media.get(k) for k in (
             "input_features", "feature_attention_mask", "pixel_values", "image_grid_thw",
             "pixel_values_videos", "video_grid_thw")})
         is_video, is_audio = input_ids == cfg.video_token_id, input_ids == cfg.audio_token_id
@@ -438,6 +444,19 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 and (input_features is not None or pixel_values_videos is not None)
                 and (cache is None or cache.get_seq_length() == 0))
 
+    def _with_beliefs(self, input_ids, beliefs):
+        """Token embeddings of ``input_ids`` `(B, L)` with ``beliefs`` `(B, n, d)` in their `<|belief|>`
+        placeholders, row by row in order (a row with fewer placeholders takes its first ones)."""
+        embeds = self.get_input_embeddings()(input_ids)
+        is_belief = input_ids == self.config.belief_token_id
+        rank = is_belief.long().cumsum(1) - 1  # (B, L) index among the row's placeholders
+        if int(rank.max()) >= beliefs.shape[1]:
+            raise ValueError(f"input_ids hold {int(rank.max()) + 1} <|belief|> placeholders in a row but beliefs "
+                             f"has {beliefs.shape[1]} tokens")
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+        values = beliefs[rows[is_belief], rank[is_belief]].to(embeds.dtype)  # (n_placeholders, d)
+        return embeds.masked_scatter(is_belief[..., None], values) if values.numel() else embeds
+
     def _head(self, hidden, logits_to_keep, labels, **kwargs):
         """lm_head on the kept positions (int: the last ones, 0 for all; or a tensor of indices) and the LM loss.
         With beliefs the ``<|belief|>`` placeholder is never predicted (its logit is the dtype's minimum)."""
@@ -493,7 +512,7 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 audio_feature_lengths=None, position_ids=None, cache=None, inputs_embeds=None, labels=None,
                 use_cache=None, use_audio_in_video=None, video_second_per_grid=None, logits_to_keep=0,
                 output_imagination=False, output_belief_attention=False, reuse_prefix_cache=True,
-                share_prefix=False, **kwargs: Unpack[TransformersKwargs]):
+                share_prefix=False, beliefs=None, **kwargs: Unpack[TransformersKwargs]):
         r"""Two-pass forward (Algorithm 1); the stock thinker's forward where no beliefs are built.
 
         Args:
@@ -518,12 +537,18 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
                 media embeddings, e.g. a clip at several observation ratios) reuse its pass-1 keys, values and
                 EWM-layer states for those tokens instead of recomputing them; the results equal the unshared
                 forward's within float tolerance. Not for packed rows.
+            beliefs (`torch.Tensor` of shape `(B, n, d)`, *optional*): belief tokens built elsewhere (a live
+                stream's EWM, ``affectverse.inference.live``), written into the `<|belief|>` placeholders of
+                ``input_ids`` in order, on a call whose ``cache`` already holds the prompt's audio/video prefix (as
+                ``generate`` continuing from it makes); calls whose ids hold no placeholder ignore it.
         """
         self._refuse_merged_adapter_twice()
         media = dict(input_features=input_features, feature_attention_mask=feature_attention_mask,
                      pixel_values=pixel_values, image_grid_thw=image_grid_thw,
                      pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
                      use_audio_in_video=use_audio_in_video, video_second_per_grid=video_second_per_grid)
+        if beliefs is not None and input_ids is not None and inputs_embeds is None:
+            inputs_embeds, input_ids = self._with_beliefs(input_ids, beliefs), None
         if not self._injects_beliefs(input_ids, inputs_embeds, cache, input_features, pixel_values_videos):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask,
                              audio_feature_lengths=audio_feature_lengths, position_ids=position_ids, cache=cache,

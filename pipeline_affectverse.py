@@ -54,7 +54,10 @@ def answer_candidates(tokenizer, answers) -> list[list[int]]:
 
 def next_positions(model, batch) -> torch.Tensor:
     """`(B, 1)` TMRoPE position of the first token after each prompt row (text after the last media block runs
-    on from the row's largest position), from the stock ``get_rope_index`` over the augmented ids."""
+    on from the row's largest position), from the stock ``get_rope_index`` over the augmented ids, or from the
+    batch's own ``position_ids`` when it carries them (a live stream's prompt)."""
+    if batch.get("position_ids") is not None:
+        return batch["position_ids"][-3:].amax(dim=(0, 2))[:, None] + 1
     grid = batch.get("video_grid_thw")
     second = batch.get("video_second_per_grid")
     if grid is not None and second is None:

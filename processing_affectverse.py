@@ -86,6 +86,8 @@ SYSTEM_PROMPT = "You are an emotion recognition assistant"
 QUESTION = "Please recognize all possible emotional states of the character."  # AffectGPT's evaluation question
 ANSWER_TEMPLATE = "The character's emotional state is {label}."  # AffectGPT's trained answer form
 _MIN_PIXELS = 56 * 56  # smallest frame area the video processor may produce (no upscaling above it)
+AUDIO_WINDOW_SECONDS = 2.0  # Qwen2.5-Omni's audio encoder attends within n_window * 2 = 200 mel frames (2 s)
+AUDIO_FEATURES = ("clip", "window")
 
 
 def answer_from_label(label) -> str:
@@ -155,6 +157,33 @@ def extract_labels(answer: str) -> list[str]:
 # ----------------------------------------------------------------------------- processor
 
 
+def window_features(feature_extractor, audio, window_seconds: float = AUDIO_WINDOW_SECONDS):
+    """Whisper log-mel features of ``audio`` `(N,)` computed window by window: `(1, mel, frames)` features and
+    `(1, frames)` mask, the same frame count as one pass over the whole clip.
+
+    Each ``window_seconds`` of samples is its own feature-extractor call (its own STFT edges and its own
+    ``max - 8`` log floor), so a window's features depend on its own samples only: the features of a clip cut at a
+    window boundary are a prefix of the longer clip's, which live input needs (``audio_features="window"``). The
+    audio encoder already attends within 2 s windows; only the window's first and last mel frames (STFT padding)
+    and the floor differ from one pass over the clip (docs/design.md, "Live").
+    """
+    sr, hop = feature_extractor.sampling_rate, feature_extractor.hop_length
+    size = round(window_seconds * sr)
+    if size % hop:
+        raise ValueError(f"window_seconds={window_seconds}: {size} samples is not a whole number of {hop}-sample hops")
+    audio = torch.as_tensor(audio, dtype=torch.float32).flatten().numpy()
+    features, masks = [], []
+    for start in range(0, len(audio), size):
+        piece = audio[start:start + size]
+        frames = math.ceil(len(piece) / hop)
+        n = max(hop * frames, feature_extractor.n_fft)  # a tail shorter than one STFT window is zero-padded
+        out = feature_extractor(piece, sampling_rate=sr, max_length=n, truncation=True, padding="max_length",
+                                return_attention_mask=True, return_tensors="pt")
+        features.append(out["input_features"][..., :frames])
+        masks.append(out["attention_mask"][..., :frames])
+    return torch.cat(features, -1), torch.cat(masks, -1)
+
+
 class _Encoded(NamedTuple):
     """One processed sample before padding."""
 
@@ -179,6 +208,10 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         max_length (`int`, defaults to 1024): token budget per sample; see the module docstring for the rule.
         audio_layout (`str`, defaults to `"separate"`): `"separate"` audio block after the video block, or
             `"interleaved"` audio inside the video block (Qwen's `use_audio_in_video`; homogeneous batches only).
+        audio_features (`str`, defaults to `"clip"`): `"clip"` Whisper's log-mel over the whole clip (the stock
+            processor), or `"window"` computed per 2 s audio-encoder window ([`window_features`]), which live
+            input needs; with `"window"` audio is not capped at the feature extractor's 30 s (the encoder reads
+            any number of windows).
         system_prompt, question: the chat's system prompt and default question (Appendix A; AffectGPT's question).
         video_backend (`str`, *optional*): `"decord"` or `"av"` (PyAV); unset: `$AFFECTVERSE_VIDEO_BACKEND`, else
             decord where it imports, else PyAV (see `media_affectverse`).
@@ -196,17 +229,20 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
     def __init__(self, image_processor=None, video_processor=None, feature_extractor=None, tokenizer=None,
                  chat_template=None, num_belief_queries=4, injection="interleaved", belief_construction="ewm",
                  fps=3.0, frame_size=224, max_length=1024, audio_layout="separate", system_prompt=SYSTEM_PROMPT,
-                 question=QUESTION, video_backend=None):
+                 question=QUESTION, video_backend=None, audio_features="clip"):
         if injection not in ("interleaved", "single"):
             raise ValueError(f"injection={injection!r}; expected 'interleaved' or 'single'")
         if audio_layout not in ("separate", "interleaved"):
             raise ValueError(f"audio_layout={audio_layout!r}; expected 'separate' or 'interleaved'")
+        if audio_features not in AUDIO_FEATURES:
+            raise ValueError(f"audio_features={audio_features!r}; expected one of {AUDIO_FEATURES}")
         if tokenizer is not None and BELIEF_TOKEN not in tokenizer.get_added_vocab():
             tokenizer.add_tokens([AddedToken(BELIEF_TOKEN, special=True, normalized=False)], special_tokens=True)
         super().__init__(image_processor, video_processor, feature_extractor, tokenizer, chat_template=chat_template)
         self.num_belief_queries, self.injection, self.belief_construction = num_belief_queries, injection, \
             belief_construction
         self.fps, self.frame_size, self.max_length, self.audio_layout = float(fps), frame_size, max_length, audio_layout
+        self.audio_features = audio_features
         self.system_prompt, self.question = system_prompt, question
         self.video_backend = video_backend  # None: decord where it imports, else PyAV (media_affectverse)
         self.belief_token = BELIEF_TOKEN
@@ -216,7 +252,8 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
     def from_model_config(cls, config, base_processor, **kwargs):
         """An AffectVerseProcessor on ``base_processor``'s components (a stock Qwen2.5-Omni or an AffectVerse
         processor) with the belief settings of ``config`` (an AffectVerseConfig); ``kwargs`` override settings."""
-        names = ("fps", "frame_size", "max_length", "audio_layout", "system_prompt", "question", "video_backend")
+        names = ("fps", "frame_size", "max_length", "audio_layout", "system_prompt", "question", "video_backend",
+                 "audio_features")
         settings = {k: getattr(base_processor, k) for k in names if hasattr(base_processor, k)}
         settings.update({k: getattr(config, k) for k in ("num_belief_queries", "injection", "belief_construction")})
         settings.update(kwargs)
@@ -513,7 +550,7 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         else:
             return max(1, round(len(audio) * keep_ratio))
         if seconds is None:  # unknown length: decode at most what the audio encoder reads
-            return self.feature_extractor.n_samples
+            return self._audio_cap()
         return max(1, round(seconds * keep_ratio * sr))
 
     def _take_audio(self, audio, source, keep_ratio, keep):
@@ -552,13 +589,20 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         n_text -= prompt.count(self.video_token) + prompt.count(self.audio_token)  # each placeholder is one token
         return n_text + 2 * interleaved  # the interleaved block adds <|audio_bos|> and <|audio_eos|> in the video
 
+    def _audio_cap(self) -> int:
+        """Most audio samples a sample keeps: the feature extractor's 30 s with ``audio_features="clip"``; with
+        ``"window"`` only the length rule binds (the samples of ``max_length`` audio tokens, 4 mel hops each)."""
+        if self.audio_features == "window":
+            return 4 * self.feature_extractor.hop_length * (self.max_length + 1)
+        return self.feature_extractor.n_samples
+
     def _plan(self, name, n_text, n_answer, video, n_audio):
         """The length rule (module docstring) on counts: ``video`` (T, H, W, fps) or None, ``n_audio`` samples or
         None. Returns (frames kept, their fps, audio samples kept); audio is capped at the feature extractor's
         ``n_samples`` (30 s: what the audio encoder reads). Raises ValueError when even the smallest media do not fit.
         """
         t, fps = (video[0], video[3]) if video else (None, None)
-        audio = None if n_audio is None else min(n_audio, self.feature_extractor.n_samples)
+        audio = None if n_audio is None else min(n_audio, self._audio_cap())
         n_video, n_tokens = self._media_tokens(video, fps, audio)
         budget = self.max_length - n_answer
         if n_text + n_video + n_tokens <= budget:
@@ -581,7 +625,7 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
     def _trim_audio(self, n, budget):
         """The longest prefix of ``n`` samples (whole mel hops) with 1 to ``budget`` tokens, or None when none fits."""
         hop = self.feature_extractor.hop_length
-        n = min(n, hop * self.feature_extractor.nb_max_frames, hop * (4 * budget + 4))
+        n = min(n, self._audio_cap(), hop * (4 * budget + 4))
         while n > 0 and self._get_num_audio_tokens(n) > budget:  # about 4 mel frames per token
             n -= hop
         return n if n > 0 and self._get_num_audio_tokens(n) >= 1 else None
@@ -596,7 +640,7 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         if n_audio is not None:
             parts.append(f"the first {len(audio) / sr:.2f} s of {n_audio / sr:.2f} s of audio")
         why = f"max_length={self.max_length} ({n_other} text and answer tokens)"
-        if n_audio is not None and n_audio > self.feature_extractor.n_samples:
+        if n_audio is not None and n_audio > self._audio_cap():
             why += f"; audio is read up to the feature extractor's {self.feature_extractor.chunk_length} s"
         logger.warning("%s: kept %s to fit %s", name, " and ".join(parts), why)
 
@@ -605,13 +649,19 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         kwargs = {"videos_kwargs": self._videos_kwargs(fps), "return_tensors": "pt"}
         if audio is not None:
             hop = self.feature_extractor.hop_length
-            max_samples = min(hop * math.ceil(len(audio) / hop), self.feature_extractor.n_samples)
+            max_samples = min(hop * math.ceil(len(audio) / hop), self._audio_cap())
             kwargs["audio_kwargs"] = {"max_length": max_samples, "truncation": True}
         if interleaved:
             kwargs.update(load_audio_from_video=True, audio_from_video_indices=[0])
         out = super().__call__(text=[prompt], videos=None if frames is None else [frames],
                                audio=None if audio is None else [audio], **kwargs)
         media = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
+        if audio is not None and self.audio_features == "window":  # same frame count, features window by window
+            features, mask = window_features(self.feature_extractor, audio[:max_samples])
+            if features.shape[-1] != media["input_features"].shape[-1]:
+                raise RuntimeError(f"window features have {features.shape[-1]} frames, the stock features "
+                                   f"{media['input_features'].shape[-1]}")
+            media["input_features"], media["feature_attention_mask"] = features, mask
         return out["input_ids"][0].tolist(), media
 
 
@@ -687,4 +737,4 @@ class AffectVerseCollator:
 AffectVerseProcessor.register_for_auto_class()
 
 __all__ = ["AffectVerseCollator", "AffectVerseProcessor", "MediaError", "VideoClip", "answer_from_label", "extract_labels",
-           "load_audio", "load_video", "sample_indices"]
+           "load_audio", "load_video", "sample_indices", "window_features"]

@@ -8,6 +8,7 @@
     affectverse predict MODEL CLIPS... [--out preds.jsonl] [--batch-size 4] [--sentiment] [--explain] ...
     affectverse predict MODEL CLIPS... --labels happy,sad,neutral [--trajectory [--ratios 0.1,...,1] --figure F.png]
     affectverse embed MODEL CLIPS... --out emb.safetensors (or .parquet)
+    affectverse live MODEL SOURCE --labels a,b,c --out live.jsonl [--realtime] [--figure live.png]
     affectverse export MODEL_OR_TRAIN_OUTPUT OUT_DIR [--eval-summary scores.json] [--max-shard-size 2GB] ...
     affectverse push FOLDER REPO_ID [--private] [--revision REV] [--commit-message MSG] [--dry-run]
 
@@ -25,8 +26,10 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +49,7 @@ from affectverse.inference.engine import (
     predict_to_store,
     resolve_device,
 )
+from affectverse.inference.live import DEFAULT_WINDOW_SECONDS, Event, live, parse_source
 from affectverse.inference.store import fresh_path
 from affectverse.inference.trajectory import TrajectoryEngine, parse_ratios, plot_trajectories
 from affectverse.scoring import score
@@ -237,6 +241,108 @@ def embed(args) -> int:
     return 0
 
 
+# ============================================================================================== live
+class LiveLog:
+    """live's JSON-lines file: created only when absent, a header line, then one line per reading or event, each
+    written whole by one ``os.write`` on an append-only descriptor (a kill leaves every line written complete)."""
+
+    def __init__(self, path: Path, header: dict):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except FileExistsError:
+            raise ValueError(f"--out {path} exists; choose another file (a live run never writes into one it "
+                             "did not start)") from None
+        self.write({"type": "header", **header})
+
+    def write(self, record: dict):
+        os.write(self.fd, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def close(self):
+        os.close(self.fd)
+
+    def readings(self) -> list[dict]:
+        with open(self.path, encoding="utf-8") as fh:
+            return [r for r in map(json.loads, fh) if r.get("type") == "reading"]
+
+
+class StatusLine:
+    """The one-line live status on a terminal (rewritten in place); elsewhere a log line every 30 s."""
+
+    def __init__(self, file=None):
+        self.file = file if file is not None else sys.stderr
+        self.tty = getattr(self.file, "isatty", lambda: False)()
+        self.last = 0.0
+
+    def show(self, item, chunk_seconds: float):
+        if isinstance(item, Event):
+            text = f"[{item.seconds:7.1f} s] {item.kind}: {item.detail}" + (
+                f" ({item.waited:g} s)" if item.waited else "")
+        else:
+            scores = sorted((item.label_scores or {}).items(), key=lambda kv: -kv[1])[:3]
+            top = "  ".join(f"{k} {v:.2f}" for k, v in scores) or (item.answer or "")[:40]
+            shift = "-" if item.belief_shift is None else f"{item.belief_shift:.3f}"
+            text = (f"[{item.seconds:7.1f} s] {top} | belief shift {shift} | {item.latency:.2f} s/update "
+                    f"(x{item.latency / chunk_seconds:.2f} real time)"
+                    + (f" | {item.dropped_frames} frames dropped" if item.dropped_frames else ""))
+        if self.tty:
+            self.file.write("\r" + text[:200].ljust(120))
+            self.file.flush()
+        elif isinstance(item, Event) or time.monotonic() - self.last >= 30:
+            self.last = time.monotonic()
+            logger.info("%s", text)
+
+    def close(self):
+        if self.tty:
+            self.file.write("\n")
+            self.file.flush()
+
+
+def live_command(args) -> int:
+    out = Path(args.out)
+    labels = parse_labels(args.labels)
+    if out.exists():
+        raise ValueError(f"--out {out} exists; choose another file (a live run never writes into one it did not "
+                         "start)")
+    if args.figure and not labels:
+        raise ValueError("--figure draws label scores over time: it needs --labels")
+    if args.window < 0 or args.max_new_tokens < 0:
+        raise ValueError("--window and --max-new-tokens must be 0 or more")
+    parse_source(args.source)  # a bad SOURCE is named before the model loads
+    device, dtype = resolve_device(args.device, args.dtype)
+    model, processor = load_model(args.model, device, dtype, args.trust_remote_code)
+    readings = live(model, processor, args.source, labels, args.modality, args.subtitle or "",
+                    window_seconds=args.window or None, max_new_tokens=args.max_new_tokens, realtime=args.realtime,
+                    follow=args.follow, stall_timeout=args.stall_timeout, give_up=args.give_up,
+                    max_seconds=args.max_seconds)
+    first = next(readings, None)  # the session and the source are set up (and checked) before the file exists
+    header = {"model": checkpoint_record(args.model), "model_path": args.model, "source": args.source,
+              "labels": labels, "modality": args.modality, "subtitle": args.subtitle or "",
+              "window_seconds": args.window or None, "max_new_tokens": args.max_new_tokens, "dtype": str(dtype),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    log, status = LiveLog(out, header), StatusLine()
+    chunk = float(model.config.seconds_per_chunk)
+    try:
+        for item in itertools.chain([first] if first is not None else [], readings):
+            log.write(item.record())
+            status.show(item, chunk)
+    except KeyboardInterrupt:
+        log.write(Event("end", 0.0, "interrupted").record())
+    finally:
+        readings.close()
+        status.close()
+        log.close()
+    records = log.readings()
+    print(f"affectverse live: {len(records)} readings of {args.source} in {out}"
+          + (f" ({records[-1]['seconds']:g} s observed, {sum(r['latency'] for r in records) / len(records):.3f} "
+             "s/update)" if records else ""))
+    if args.figure and records:
+        name = args.source if len(args.source) <= 60 else args.source[:57] + "..."
+        print(f"affectverse live: figure {plot_trajectories({name: records}, args.figure, labels, x='seconds')}")
+    return 0
+
+
 # ============================================================================================== export
 def export(args) -> int:
     source, out = Path(args.model), Path(args.out_dir)
@@ -335,6 +441,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
     p.set_defaults(func=embed)
+
+    p = commands.add_parser("live", help="read a live stream and write a reading (answer, label scores) per 2 s")
+    p.add_argument("model", help="model folder or Hub id (the project's classes load it)")
+    p.add_argument("source", help="a file, a URL (rtsp://, http://, srt://...) or FORMAT:INPUT for an FFmpeg input "
+                                  "format, e.g. lavfi:testsrc=size=64x64:rate=6:duration=8, v4l2:/dev/video0")
+    p.add_argument("--labels", help="comma-separated label set: each reading's label scores and top label")
+    p.add_argument("--out", default="live.jsonl", help="JSON lines: a header, then one line per reading or event "
+                                                      "(stall, end), each flushed as it is made; must not exist")
+    p.add_argument("--figure", help="a PNG of the label scores over stream time, drawn when the stream ends")
+    p.add_argument("--realtime", action="store_true", help="pace a file at its own speed (default: as fast as "
+                                                           "the model reads)")
+    p.add_argument("--follow", action="store_true", help="the file is still being written (fragmented mp4, mkv, "
+                                                         "ts): wait for more data until --give-up")
+    p.add_argument("--modality", choices=["avt", "vt", "at"], default="avt",
+                   help="avt: video and audio (default); vt: video only; at: audio only")
+    p.add_argument("--subtitle", help="the transcript shown to the model with every reading")
+    p.add_argument("--window", type=float, default=DEFAULT_WINDOW_SECONDS,
+                   help=f"seconds a reading sees at most (default {DEFAULT_WINDOW_SECONDS:g}; flat memory and cost); "
+                        "0: the whole stream")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="free-text answer budget (0: label scores only)")
+    p.add_argument("--stall-timeout", type=float, default=5.0, help="report a stall after this many seconds "
+                                                                    "without media")
+    p.add_argument("--give-up", type=float, default=60.0, help="end the stream after this many seconds without "
+                                                               "data")
+    p.add_argument("--max-seconds", type=float, help="stop after this much stream time")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
+    p.set_defaults(func=live_command)
 
     p = commands.add_parser("export", help="write a Hub-ready folder (weights, code, processor, model card)")
     p.add_argument("model", metavar="MODEL_OR_TRAIN_OUTPUT", help="model folder (a train.py output folder works)")

@@ -191,16 +191,18 @@ def trajectory(model, processor, rows: Sequence[dict], ratios: Sequence[float] =
 
 # ================================================================================================== figure
 def plot_trajectories(curves: dict[str, list[dict]], path, labels: Sequence[str] | None = None,
-                      columns: int = 2) -> Path:
+                      columns: int = 2, x: str = "keep_ratio", max_strip: int = 20) -> Path:
     """A PNG like Figure 7: per clip, a strip of the top label with its probability at each observed fraction,
     above the per-label probability curves. ``curves``: ``{clip name: records}`` with ``keep_ratio``,
-    ``label_scores`` (and ``label``); several clips make a grid of ``columns`` columns."""
+    ``label_scores`` (and ``label``); several clips make a grid of ``columns`` columns. ``x="seconds"`` draws a
+    live stream's readings over stream time (``affectverse live``); the strip then shows at most ``max_strip``
+    readings, evenly spread."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    curves = {name: sorted((r for r in recs if r.get("label_scores")), key=lambda r: r["keep_ratio"])
+    curves = {name: sorted((r for r in recs if r.get("label_scores")), key=lambda r: r[x])
               for name, recs in curves.items()}
     curves = {name: recs for name, recs in curves.items() if recs}
     if not curves:
@@ -214,23 +216,26 @@ def plot_trajectories(curves: dict[str, list[dict]], path, labels: Sequence[str]
     for k, (name, recs) in enumerate(curves.items()):
         row, col = divmod(k, columns)
         strip, ax = fig.add_subplot(grid[2 * row, col]), fig.add_subplot(grid[2 * row + 1, col])
-        xs = [r["keep_ratio"] for r in recs]
-        for i, r in enumerate(recs):
+        xs = [r[x] for r in recs]
+        shown = recs if len(recs) <= max_strip else [recs[round(i * (len(recs) - 1) / (max_strip - 1))]
+                                                     for i in range(max_strip)]
+        for i, r in enumerate(shown):
             top = max(r["label_scores"], key=r["label_scores"].get)
             strip.add_patch(plt.Rectangle((i, 0), 1, 1, color=colours.get(top, "grey"), alpha=0.85))
             strip.text(i + 0.5, 0.5, f"{top}\n{r['label_scores'][top]:.2f}", ha="center", va="center", fontsize=6)
-        strip.set_xlim(0, len(recs))
+        strip.set_xlim(0, len(shown))
         strip.set_ylim(0, 1)
-        strip.set_xticks([i + 0.5 for i in range(len(recs))], [f"{x:.0%}" for x in xs], fontsize=6)
+        tick = (lambda v: f"{v:.0%}") if x == "keep_ratio" else (lambda v: f"{v:g}s")
+        strip.set_xticks([i + 0.5 for i in range(len(shown))], [tick(r[x]) for r in shown], fontsize=6)
         strip.set_yticks([])
         strip.set_title(Path(str(name)).name, fontsize=8)
         for label in labels:
-            ax.plot(xs, [r["label_scores"].get(label, float("nan")) for r in recs], marker="o", ms=3,
-                    color=colours[label], label=label)
-        ax.set_xlabel("observed fraction of the clip")
+            ax.plot(xs, [r["label_scores"].get(label, float("nan")) for r in recs],
+                    marker="o" if len(recs) <= 60 else None, ms=3, color=colours[label], label=label)
+        ax.set_xlabel("observed fraction of the clip" if x == "keep_ratio" else "seconds of the stream")
         ax.set_ylabel("label probability")
         ax.set_ylim(0, 1)
-        ax.set_xlim(0, 1.02)
+        ax.set_xlim(0, 1.02 if x == "keep_ratio" else max(xs) * 1.02)
         ax.grid(alpha=0.3)
         if k == 0:
             ax.legend(fontsize=6, ncol=2)
