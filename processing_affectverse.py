@@ -589,6 +589,13 @@ class AffectVerseProcessor(Qwen2_5OmniProcessor):
         n_text -= prompt.count(self.video_token) + prompt.count(self.audio_token)  # each placeholder is one token
         return n_text + 2 * interleaved  # the interleaved block adds <|audio_bos|> and <|audio_eos|> in the video
 
+    def _get_num_audio_tokens(self, audio_length: int, **kwargs) -> int:
+        """Audio tokens of ``audio_length`` samples: the stock count, without its 30 s cap for window features."""
+        if self.audio_features != "window":
+            return super()._get_num_audio_tokens(audio_length, **kwargs)
+        frames = math.ceil(audio_length / self.feature_extractor.hop_length)
+        return ((frames - 1) // 2 + 1 - 2) // 2 + 1  # the encoder's conv stride 2, then its pooling stride 2
+
     def _audio_cap(self) -> int:
         """Most audio samples a sample keeps: the feature extractor's 30 s with ``audio_features="clip"``; with
         ``"window"`` only the length rule binds (the samples of ``max_length`` audio tokens, 4 mel hops each)."""

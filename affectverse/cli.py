@@ -299,6 +299,17 @@ class StatusLine:
             self.file.flush()
 
 
+def parse_options(items) -> dict:
+    """``["video_size=640x480", "framerate=30"]`` -> an FFmpeg options dict."""
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--source-option {item!r}: expected KEY=VALUE (an FFmpeg input option)")
+        options[key.strip()] = value.strip()
+    return options
+
+
 def live_command(args) -> int:
     out = Path(args.out)
     labels = parse_labels(args.labels)
@@ -309,15 +320,17 @@ def live_command(args) -> int:
         raise ValueError("--figure draws label scores over time: it needs --labels")
     if args.window < 0 or args.max_new_tokens < 0:
         raise ValueError("--window and --max-new-tokens must be 0 or more")
-    parse_source(args.source)  # a bad SOURCE is named before the model loads
+    parse_source(args.source)  # a bad SOURCE or option is named before the model loads
+    parse_options(args.source_option)
     device, dtype = resolve_device(args.device, args.dtype)
     model, processor = load_model(args.model, device, dtype, args.trust_remote_code)
     readings = live(model, processor, args.source, labels, args.modality, args.subtitle or "",
                     window_seconds=args.window or None, max_new_tokens=args.max_new_tokens, realtime=args.realtime,
                     follow=args.follow, stall_timeout=args.stall_timeout, give_up=args.give_up,
-                    max_seconds=args.max_seconds)
+                    max_seconds=args.max_seconds, options=parse_options(args.source_option))
     first = next(readings, None)  # the session and the source are set up (and checked) before the file exists
     header = {"model": checkpoint_record(args.model), "model_path": args.model, "source": args.source,
+              "source_options": parse_options(args.source_option), "realtime": args.realtime, "follow": args.follow,
               "labels": labels, "modality": args.modality, "subtitle": args.subtitle or "",
               "window_seconds": args.window or None, "max_new_tokens": args.max_new_tokens, "dtype": str(dtype),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -466,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--give-up", type=float, default=60.0, help="end the stream after this many seconds without "
                                                                "data")
     p.add_argument("--max-seconds", type=float, help="stop after this much stream time")
+    p.add_argument("--source-option", action="append", metavar="KEY=VALUE",
+                   help="an FFmpeg input option, repeatable (video_size=640x480, framerate=30, rtsp_transport=tcp)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")

@@ -435,14 +435,15 @@ class StreamReader:
     with swresample to mono float32 like ``load_audio``. A file is read as fast as the consumer takes it
     (``realtime``: paced at its own speed); a growing file is read with ``follow`` (FFmpeg's file protocol waits
     for more data); every source ends after ``give_up`` seconds without data. Events: ``stall`` after
-    ``stall_timeout`` seconds without media, ``end``.
+    ``stall_timeout`` seconds without media, ``end``. ``options``: FFmpeg options of the input (a device's
+    ``video_size``, ``framerate``; a network source's ``rtsp_transport``, ...).
     """
 
     def __init__(self, source: str, fps: float, size: int, sr: int = 16000, video: bool = True, audio: bool = True,
                  realtime: bool = False, follow: bool = False, stall_timeout: float = 5.0, give_up: float = 60.0,
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, options: dict | None = None):
         target, fmt = parse_source(source)
-        options = {"follow": "1", "rw_timeout": str(int(give_up * 1e6))} if follow else {}
+        options = {**({"follow": "1", "rw_timeout": str(int(give_up * 1e6))} if follow else {}), **(options or {})}
         try:
             self.container = av.open(target, format=fmt, options=options, timeout=(give_up, give_up))
         except av.FFmpegError as err:
@@ -585,7 +586,7 @@ class _Ended(Exception):
 def live(model, processor, source: str, labels: Sequence[str] | None = None, modality: str = "avt",
          subtitle: str = "", window_seconds: float | None = DEFAULT_WINDOW_SECONDS, max_new_tokens: int = 16,
          realtime: bool = False, follow: bool = False, stall_timeout: float = 5.0, give_up: float = 60.0,
-         max_seconds: float | None = None) -> Iterator[Reading | Event]:
+         max_seconds: float | None = None, options: dict | None = None) -> Iterator[Reading | Event]:
     """Readings of a source as it plays (see :class:`LiveSession`, :class:`StreamReader`), with the source's
     stalls and its end as :class:`Event` s between them.
 
@@ -601,7 +602,7 @@ def live(model, processor, source: str, labels: Sequence[str] | None = None, mod
                           max_new_tokens=max_new_tokens)
     reader = StreamReader(source, session.processor.fps, session.processor.frame_size, session.layout.sr,
                           video=session.has_video, audio=session.has_audio, realtime=realtime, follow=follow,
-                          stall_timeout=stall_timeout, give_up=give_up, max_seconds=max_seconds)
+                          stall_timeout=stall_timeout, give_up=give_up, max_seconds=max_seconds, options=options)
     try:
         for item in reader:
             if item.kind == "event":
