@@ -190,11 +190,29 @@ def test_a_bad_source_is_one_line_naming_it():
         StreamReader("lavfi:testsrc=size=64x64:rate=6:duration=1", FPS, SIZE)
 
 
-def test_a_growing_recording_is_followed_and_its_stalls_and_end_reported(model, processor, tmp_path):
+def write_fragmented_mp4(path, frames, audio):
+    """A fragmented mp4 (index up front, a fragment per keyframe), as recorders write for live reading."""
+    with av.open(str(path), "w", format="mp4", options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}) \
+            as container:
+        video = container.add_stream("libx264", rate=6, options={"g": "6"})
+        video.height, video.width, video.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
+        sound = container.add_stream("aac", rate=SR, layout="mono")
+        for image in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode())
+        chunk = av.AudioFrame.from_ndarray(audio[None], format="fltp", layout="mono")
+        chunk.sample_rate, chunk.pts = SR, 0
+        container.mux(sound.encode(chunk))
+        container.mux(sound.encode())
+
+
+@pytest.mark.parametrize("container", ["ts", "mkv", "mp4"])
+def test_a_growing_recording_is_followed_and_its_stalls_and_end_reported(model, processor, tmp_path, container):
     frames, audio = media(6.0, seed=3)
-    source = tmp_path / "source.ts"
-    write_mp4(source, np.repeat(frames, 2, axis=0), 6, audio, SR)
-    data, target = source.read_bytes(), tmp_path / "recording.ts"
+    source = tmp_path / f"source.{container}"
+    write = write_fragmented_mp4 if container == "mp4" else lambda p, f, a: write_mp4(p, f, 6, a, SR)
+    write(source, np.repeat(frames, 2, axis=0), audio)
+    data, target = source.read_bytes(), tmp_path / f"recording.{container}"
     target.write_bytes(data[: len(data) // 3])
 
     def record():  # a recorder still writing: the rest arrives later, after a pause longer than the stall timeout

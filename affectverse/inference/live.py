@@ -443,7 +443,8 @@ class StreamReader:
                  realtime: bool = False, follow: bool = False, stall_timeout: float = 5.0, give_up: float = 60.0,
                  max_seconds: float | None = None, options: dict | None = None):
         target, fmt = parse_source(source)
-        options = {**({"follow": "1", "rw_timeout": str(int(give_up * 1e6))} if follow else {}), **(options or {})}
+        follow_options = {"follow": "1", "seekable": "0", "rw_timeout": str(int(give_up * 1e6))}
+        options = {**(follow_options if follow else {}), **(options or {})}
         try:
             self.container = av.open(target, format=fmt, options=options, timeout=(give_up, give_up))
         except av.FFmpegError as err:
