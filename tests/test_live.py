@@ -128,12 +128,13 @@ def test_window_features_are_prefix_stable_where_whole_clip_features_are_not(pro
 def test_a_layout_that_is_not_live_s_is_named_in_a_warning(model, processor, caplog):
     with caplog.at_level("WARNING"):
         LiveSession(model, processor, LABELS)
-    assert "audio_layout='separate'" in caplog.text and "audio_features='clip'" in caplog.text
+    assert "audio_layout='separate'" in caplog.text and "8.5 points" in caplog.text
     caplog.clear()
     trained = AffectVerseProcessor.from_model_config(model.config, processor, audio_layout="interleaved",
                                                      audio_features="window")
     with caplog.at_level("WARNING"):
         LiveSession(model, trained, LABELS)
+        LiveSession(model, processor, LABELS, modality="vt")  # one modality: no layout to differ
     assert "audio_layout" not in caplog.text
 
 

@@ -66,3 +66,21 @@ def test_readme_tiny_evaluation_commands_run_as_written(tmp_path):
     assert (tmp_path / "runs" / "traj.png").is_file() and (tmp_path / "runs" / "emb.safetensors").is_file()
     trajectory = [json.loads(line) for line in (tmp_path / "runs" / "traj.jsonl").read_text().splitlines()]
     assert any(r.get("label_scores") for r in trajectory)
+
+
+@pytest.mark.slow
+def test_readme_live_commands_run_as_written(tmp_path):
+    torch.manual_seed(0)
+    AffectVerseForConditionalGeneration(tiny_config()).save_pretrained(tmp_path / TRAIN_OUTPUT)
+    tiny_processor().save_pretrained(tmp_path / TRAIN_OUTPUT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for command in readme_commands("## Live"):
+        assert command[0] == "affectverse", command
+        done = subprocess.run([sys.executable, "-m", "affectverse"] + command[1:], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (command, done.stderr[-3000:])
+    for name, seconds in (("live.jsonl", 12.0), ("live-lavfi.jsonl", 10.0)):
+        lines = [json.loads(line) for line in (tmp_path / "runs" / name).read_text().splitlines()]
+        readings = [r for r in lines if r["type"] == "reading"]
+        assert lines[0]["type"] == "header" and readings[-1]["seconds"] == seconds and lines[-1]["kind"] == "end"
+    assert (tmp_path / "runs" / "live.png").is_file()

@@ -364,6 +364,20 @@ def test_output_dir_holding_another_run_is_refused_and_the_same_run_resumes(tmp_
     assert run_folder.check_output_dir(other[2], arguments.run_record(*other)) is None
 
 
+def test_a_run_recorded_before_the_audio_layout_options_resumes_only_in_the_layout_it_trained(tmp_path):
+    """Older run_args.json files lack audio_layout/audio_features: those runs trained separate, whole-clip."""
+    args = training_run.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true"])
+    old = arguments.run_record(*args)
+    for key in ("audio_layout", "audio_features"):
+        del old["data"][key]
+    (tmp_path / "run_args.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="audio_layout: 'separate' -> 'interleaved'"):
+        run_folder.check_output_dir(args[2], arguments.run_record(*args))
+    same = training_run.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true", "--audio_layout", "separate",
+                                    "--audio_features", "clip"])
+    assert run_folder.check_output_dir(same[2], arguments.run_record(*same)) is None
+
+
 def test_main_refuses_bad_labels_before_loading_a_model(tmp_path, monkeypatch):
     manifest = _manifest(tmp_path / "data", [("happy", "train"), ("joyful", "test")])
     monkeypatch.setattr(training_run, "load_model", lambda *a: pytest.fail("the model was loaded before the data check"))

@@ -90,13 +90,14 @@ class DataArguments:
         "Comma-separated closed label set for emotion-word samples; labels outside it are an error. Unset: each "
         "packaged benchmark's own set (MER 6-way, MELD 7, IEMOCAP 4); for manifests, the labels of its train split.")})
     max_length: int = field(default=1024, metadata={"help": "Maximum tokens per sample, belief tokens included (A.3)."})
-    audio_layout: str | None = field(default=None, metadata={"help": (
-        "'separate' (audio block after the video block) or 'interleaved' (audio inside the video block in 2 s "
-        "chunks, Qwen2.5-Omni's native use_audio_in_video layout, which `affectverse live` needs). Unset: the base "
-        "processor's own ('separate' for the tiny preset and a stock Qwen2.5-Omni folder). docs/design.md, 'Live'.")})
-    audio_features: str | None = field(default=None, metadata={"help": (
-        "'clip' (Whisper's log-mel over the whole clip) or 'window' (per 2 s audio-encoder window, what "
-        "`affectverse live` computes). Unset: the base processor's own ('clip').")})
+    audio_layout: str = field(default="interleaved", metadata={"help": (
+        "'interleaved' (audio inside the video block in 2 s chunks: Qwen2.5-Omni's native use_audio_in_video layout, "
+        "which `affectverse live` needs) or 'separate' (an audio block after the video block). A batch must not "
+        "mix samples with and without audio in the interleaved layout; the readers give every video its audio. "
+        "docs/design.md, 'Which layout train.py trains'.")})
+    audio_features: str = field(default="window", metadata={"help": (
+        "'window' (Whisper's log-mel per 2 s audio-encoder window, prefix-stable: what `affectverse live` computes) "
+        "or 'clip' (over the whole clip, the stock processor).")})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training samples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation samples."})
     check_media: bool = field(default=True, metadata={"help": (

@@ -113,8 +113,8 @@ def load_processor(model_args, data_args, config):
             raise ValueError(f"--model_name_or_path {path}: the processor/tokenizer does not load "
                              f"({type(err).__name__}: {err})") from None
     build = getattr(type(base), "from_model_config", AffectVerseProcessor.from_model_config)
-    layout = {k: getattr(data_args, k, None) for k in ("audio_layout", "audio_features")}
-    return build(config, base, max_length=data_args.max_length, **{k: v for k, v in layout.items() if v is not None})
+    return build(config, base, max_length=data_args.max_length, audio_layout=data_args.audio_layout,
+                 audio_features=data_args.audio_features)
 
 
 def load_model(model_args, data_args, training_args, processor=None):

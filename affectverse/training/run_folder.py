@@ -77,6 +77,10 @@ def last_complete_checkpoint(out: Path) -> str | None:
     return None
 
 
+# What a run trained with before its record named these options (older run_args.json files lack them).
+BEFORE_RECORDED = {"audio_layout": "separate", "audio_features": "clip"}
+
+
 def check_output_dir(training_args, record: dict) -> str | None:
     """Refuse an output folder holding another run; return the checkpoint to resume from (None: start afresh).
 
@@ -99,9 +103,9 @@ def check_output_dir(training_args, record: dict) -> str | None:
         raise ValueError(f"--output_dir {out} is not empty and holds no run_args.json (not a train.py run); choose "
                          "another folder or pass --overwrite_output_dir")
     old = json.loads(saved.read_text())
-    diffs = [f"{group}.{key}: {old.get(group, {}).get(key)!r} -> {value!r}"
+    diffs = [f"{group}.{key}: {recorded!r} -> {value!r}"
              for group, values in record.items() for key, value in values.items()
-             if old.get(group, {}).get(key) != value]
+             if (recorded := old.get(group, {}).get(key, BEFORE_RECORDED.get(key))) != value]
     if diffs:
         raise ValueError(f"--output_dir {out} holds a different run ({'; '.join(diffs)}); choose another folder, "
                          "pass the same arguments to resume it, or --overwrite_output_dir")
