@@ -189,8 +189,8 @@ class LiveSession:
 
     Frames are pushed as `(T, H, W, 3)` uint8 at the processor's ``fps`` (sampled, in order), audio as a mono
     float32 `(N,)` waveform at its sampling rate (16 kHz). :meth:`push` returns the readings of the chunks it
-    completed. ``processor_settings``: the processor is copied with the interleaved layout and window features
-    (what live needs); a model trained otherwise is warned about (docs/design.md, "Live").
+    completed. The session reads with a copy of the processor set to the interleaved layout and window features (what
+    live needs); a model trained on the separate layout is warned about (docs/design.md, "Live input").
 
     Example:
 
@@ -208,7 +208,7 @@ class LiveSession:
             raise ValueError(f"modality={modality!r}; expected avt, vt or at")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens}: 0 or more")
-        self.model, self.trained = model, processor
+        self.model = model
         self.has_video, self.has_audio = modality != "at", modality != "vt"
         warn_layout(processor, self.has_video and self.has_audio)
         self.processor = AffectVerseProcessor.from_model_config(
@@ -236,13 +236,17 @@ class LiveSession:
     def chunk_seconds(self) -> float:
         return self.layout.chunk_seconds
 
-    def _check_positions(self):
-        """Refuse a window whose positions outrun the thinker's ``max_position_embeddings``."""
+    def _check_positions(self, chunks: int | None = None):
+        """Refuse a window (or, without one, a stream of ``chunks``) whose positions outrun the thinker's
+        ``max_position_embeddings``."""
         limit = self.model.config.get_text_config().max_position_embeddings
-        if self.window is None:
+        if (self.window or chunks) is None:
             return
-        top = self.layout.start + self.layout.audio_step * self.window + int(self.layout.suffix_offsets.max())
-        top += self.max_new_tokens + 32  # the answer and the label candidates
+        top = self.layout.start + self.layout.audio_step * (self.window or chunks)
+        top += int(self.layout.suffix_offsets.max()) + self.max_new_tokens + 32  # the answer and label candidates
+        if top >= limit and self.window is None:
+            raise ValueError(f"the stream has reached TMRoPE position {top}, the thinker's max_position_embeddings="
+                             f"{limit}: read long streams with a window (window_seconds, --window)")
         if top >= limit:
             seconds = (limit - self.layout.start - 64 - self.max_new_tokens) / self.layout.pps
             raise ValueError(f"a {self.window * self.chunk_seconds:g} s window reaches TMRoPE position {top}, beyond "
@@ -305,6 +309,7 @@ class LiveSession:
         embeds, _ = model.embed_media(body[None].to(model.device), **{k: media.get(k) for k in (
             "input_features", "feature_attention_mask", "pixel_values_videos", "video_grid_thw")})
         n = self.n_chunks
+        self._check_positions(n + 1)
         if self.window is not None:  # a context spanning a whole window gives way to the younger one
             self.contexts = [c for c in self.contexts if n - c.start < self.window]
         if not self.contexts or (self.window is not None and n % max(self.window // 2, 1) == 0
@@ -449,7 +454,8 @@ class StreamReader:
         except av.FFmpegError as err:
             raise ValueError(f"SOURCE {source!r}: cannot be opened ({err})") from None
         self.source, self.fps, self.size, self.sr = source, fps, size, sr
-        self.realtime, self.stall_timeout, self.give_up, self.max_seconds = realtime, stall_timeout, give_up, max_seconds
+        self.realtime, self.stall_timeout, self.give_up = realtime, stall_timeout, give_up
+        self.max_seconds = max_seconds
         streams = self.container.streams
         if video and not streams.video:
             self.container.close()
