@@ -10,6 +10,7 @@
     affectverse embed MODEL CLIPS... --out emb.safetensors (or .parquet)
     affectverse export MODEL_OR_TRAIN_OUTPUT OUT_DIR [--eval-summary scores.json] [--max-shard-size 2GB] ...
     affectverse push FOLDER REPO_ID [--private] [--revision REV] [--commit-message MSG] [--dry-run]
+                     [--include-training-state]
 
 ``predict`` loads ``MODEL`` (a folder or a Hub id) with the project's own classes (the folder's Python files run
 only with ``--trust-remote-code``) and writes one JSON line per clip into a prediction store
@@ -17,7 +18,11 @@ only with ``--trust-remote-code``) and writes one JSON line per clip into a pred
 where an earlier run stopped, refuses to mix settings (``--new-run`` starts a fresh file beside it) and runs on
 several GPUs with ``accelerate launch -m affectverse predict ...``. ``export`` writes what a Hub model
 repository needs (sharded safetensors, config with ``auto_map``, processor and tokenizer files, the code files and
-a model card) and ``push`` uploads a folder; both are :mod:`affectverse.hub`.
+a model card) and ``push`` uploads what of a folder the model needs; both are :mod:`affectverse.hub`.
+
+Every subcommand that writes follows :mod:`affectverse.ownership`: it writes only what it owns, creates nothing
+before its fast checks passed (options, device, model, first batch) and replaces its own earlier output only with
+``--overwrite``. An error is one line naming the file or option (``--log-level DEBUG`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -31,14 +36,19 @@ import sys
 import time
 from pathlib import Path
 
+import transformers
+
+from affectverse import ownership
 from affectverse.default import clips
 from affectverse.evaluation import report, runner
-from affectverse.hub import BASE_MODEL, export_for_hub, human_size, push_folder, upload_plan
+from affectverse.hub import BASE_MODEL, export_folder, human_size, push_folder
 from affectverse.inference.embed import FORMATS as EMBED_FORMATS
 from affectverse.inference.embed import KINDS, EmbedEngine, gather, store_path, write_part
+from affectverse.inference.embed import Outputs as EmbedOutputs
 from affectverse.inference.engine import (
     MODALITIES,
     Engine,
+    NonFiniteError,
     Processes,
     Setting,
     checkpoint_record,
@@ -47,7 +57,9 @@ from affectverse.inference.engine import (
     resolve_device,
 )
 from affectverse.inference.store import fresh_path
-from affectverse.inference.trajectory import TrajectoryEngine, parse_ratios, plot_trajectories
+from affectverse.ownership import Lock
+from affectverse.inference.trajectory import TrajectoryEngine, is_figure, parse_ratios, plot_trajectories
+from affectverse.options import non_negative_int, positive_int
 from affectverse.scoring import score
 from affectverse.scoring.scores import sentiment_from_labels
 from affectverse.training import run as training
@@ -116,8 +128,6 @@ def _file_hash(path) -> str | None:
 
 
 def predict(args) -> int:
-    if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_workers < 0:
-        raise ValueError("--batch-size and --max-new-tokens must be at least 1, --num-workers at least 0")
     procs = Processes()
     clips, out = find_clips(args.clips), Path(args.out)
     if args.new_run:  # the main process's choice holds for every process
@@ -129,6 +139,8 @@ def predict(args) -> int:
     ratios = parse_ratios(args.ratios) if args.trajectory else (1.0,)
     if args.figure and not (args.trajectory and labels):
         raise ValueError("--figure draws label scores over the observed fraction: it needs --trajectory and --labels")
+    if args.figure:  # a file of someone else's named --figure is refused before anything runs
+        ownership.check_file(args.figure, is_figure, "predict --figure", option="--figure")
     device, dtype = resolve_device(args.device, args.dtype)
     record = {"model": checkpoint_record(args.model), "dtype": str(dtype).replace("torch.", ""),
               "generation": {"max_new_tokens": args.max_new_tokens, "do_sample": False},
@@ -169,7 +181,7 @@ def predict(args) -> int:
                     r = store.records.get((setting.id, row["name"]))
                     if r is not None and r["status"] == "ok":
                         curves.setdefault(row["name"], []).append(r)
-            print(f"affectverse predict: figure {plot_trajectories(curves, args.figure, labels)}")
+            print(f"affectverse predict: figure {plot_trajectories(curves, args.figure, labels, source=out)}")
     return 0
 
 
@@ -205,12 +217,17 @@ def embed(args) -> int:
     device, dtype = resolve_device(args.device, args.dtype)
     record = {"model": checkpoint_record(args.model), "dtype": str(dtype).replace("torch.", ""), "embed": list(KINDS),
               "subtitles": {"sha256": _file_hash(args.subtitle_file), "column": args.subtitle_column}}
+    outputs = EmbedOutputs(out, record, args.overwrite) if procs.main else None  # foreign or other run: refused
+    started: list[bool] = []
 
     def make_engine():
         model, processor = load_model(args.model, device, dtype, args.trust_remote_code)
         return EmbedEngine(model, processor, 1, args.batch_size, args.num_workers)
 
     def records(setting, rows, results):
+        if not started and procs.main:  # the first batch went through: the earlier outputs (--overwrite) go
+            outputs.begin()
+            started.append(True)
         ok = [(row, r) for row, r in zip(rows, results) if r["status"] == "ok"]
         part = write_part(out, [Path(row["name"]).stem for row, _ in ok], [r["vectors"] for _, r in ok]) if ok else None
         found, index = [], 0
@@ -224,16 +241,29 @@ def embed(args) -> int:
             found.append(rec)
         return found
 
-    _, store, n_run = predict_to_store(store_path(out), record, args.model, ("path",), [(setting, r) for r in rows],
-                                       lambda row: (row["name"],), make_engine, records,
-                                       retry_errors=args.retry_errors, desc="embedding")
+    if outputs is not None:
+        outputs.set_aside()
+    try:
+        _, store, n_run = predict_to_store(store_path(out), record, args.model, ("path",), [(setting, r) for r in rows],
+                                           lambda row: (row["name"],), make_engine, records,
+                                           retry_errors=args.retry_errors, desc="embedding",
+                                           remedy="--overwrite to replace it and its embeddings")
+    except BaseException:
+        if outputs is not None:
+            outputs.restore()  # nothing was written: the earlier outputs stay as they were
+        raise
     if procs.main:
-        wanted = [store.records.get((setting.id, row["name"])) for row in rows]
-        done = [r for r in wanted if r is not None]
-        gather(out, done)
+        if outputs.aside:  # nothing to compute (no clips): the earlier outputs are replaced all the same
+            outputs.begin()
+        done = [r for key, r in store.records.items() if key[0] == setting.id]  # this command's and earlier ones'
+        ours = {row["name"] for row in rows}
+        with Lock(store_path(out)):
+            gather(out, done, record, list(store.records.values()))
         errors = sum(r["status"] == "error" for r in done)
+        mine = [r for r in done if r["path"] in ours]
         print(f"affectverse embed: {len(done) - errors} clips in {out}, {errors} errors ({n_run} computed now, "
-              f"{len(done) - n_run} from {store_path(out)})")
+              f"{len(mine) - n_run} of this command's from {store_path(out)}, {len(done) - len(mine)} from earlier "
+              "commands)")
     return 0
 
 
@@ -242,31 +272,39 @@ def export(args) -> int:
     source, out = Path(args.model), Path(args.out_dir)
     if source.exists() and out.exists() and source.resolve() == out.resolve():
         raise ValueError("OUT_DIR must differ from the source folder")
-    if source.is_dir() and not (source / "config.json").is_file():
-        hint = " (a train.py run without --export_merged: its adapter/ holds only LoRA + EWM)" \
-            if (source / "adapter").is_dir() else ""
-        raise ValueError(f"{source} holds no config.json{hint}")
+    record = ownership.check_folder(out, "export", option="OUT_DIR")  # a folder of someone else's: refused now
+    if record is not None and not args.overwrite:
+        raise ownership.OwnershipError(f"OUT_DIR {out} holds an earlier affectverse export; pass --overwrite to "
+                                       "replace it (everything it wrote goes), or choose another folder")
     model, processor = load_model(args.model, "cpu", "auto", args.trust_remote_code)
     run_args = source / "run_args.json"
-    training_args = json.loads(run_args.read_text()) if run_args.is_file() else None
-    export_for_hub(model, processor, out, args.eval_summary, training_args, args.max_shard_size,
-                   license=args.license, datasets=args.datasets, base_model=args.base_model, repo_id=args.repo_id)
-    files = upload_plan(out)
-    print(f"affectverse export: {len(files)} files ({human_size(sum(s for _, s in files))}) in {out}")
+    try:
+        training_args = json.loads(run_args.read_text()) if run_args.is_file() else None
+    except ValueError as err:
+        raise ValueError(f"{run_args}: not valid JSON ({err})") from None
+    export_folder(model, processor, out, args.eval_summary, training_args, args.max_shard_size,
+                  overwrite=args.overwrite, license=args.license, datasets=args.datasets, base_model=args.base_model,
+                  repo_id=args.repo_id)
+    files = ownership.listing(out)
+    print(f"affectverse export: {len(files)} files ({human_size(sum(files.values()))}) in {out}")
     return 0
 
 
 # ============================================================================================== push
 def push(args) -> int:
-    result = push_folder(args.folder, args.repo_id, args.private or None, args.revision, args.commit_message,
-                         args.dry_run)
+    info, uploaded, skipped = push_folder(args.folder, args.repo_id, args.private or None, args.revision,
+                                          args.commit_message, args.dry_run, args.include_training_state)
+    total = human_size(sum(size for _, size in uploaded))
     if args.dry_run:
-        for path, size in result:
+        for path, size in uploaded:
             print(f"{size:>14,d}  {path}")
-        total = sum(size for _, size in result)
-        print(f"affectverse push --dry-run: {len(result)} files ({human_size(total)}) would go to {args.repo_id}")
+        for path, size, why in skipped:
+            print(f"{'skipped':>14}  {path} ({human_size(size)}): {why}")
+        print(f"affectverse push --dry-run: {len(uploaded)} files ({total}) would go to {args.repo_id}; "
+              f"{len(skipped)} skipped")
     else:
-        print(f"affectverse push: uploaded {args.folder} to {args.repo_id} ({getattr(result, 'commit_url', result)})")
+        print(f"affectverse push: uploaded {len(uploaded)} files ({total}) of {args.folder} to {args.repo_id} "
+              f"({getattr(info, 'commit_url', info)}); {len(skipped)} skipped (--dry-run lists them)")
     return 0
 
 
@@ -283,7 +321,9 @@ DELEGATED = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affectverse", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                        help="logging level (default INFO); DEBUG also shows the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
@@ -292,11 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder or Hub id (the project's classes load it)")
     p.add_argument("clips", nargs="+", help="video files or folders (searched recursively for "
                                             f"{'/'.join(VIDEO_EXTENSIONS)})")
-    p.add_argument("--out", default="preds.jsonl", help="JSON-lines output; clips already in it are skipped")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out", default="preds.jsonl", help="JSON-lines output; clips already in it are skipped (a file "
+                                                        "predict did not write is refused)")
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--sentiment", action="store_true", help="add positive/negative/neutral from the labels")
     p.add_argument("--explain", action="store_true", help="add the belief tokens' attention share on video vs audio "
                                                            "(one more forward pass per batch)")
@@ -306,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subtitle-column", help="subtitle column of --subtitle-file (default: first of "
                                              f"{', '.join(SUBTITLE_COLUMNS)})")
     p.add_argument("--retry-errors", action="store_true", help="run clips recorded as errors again")
-    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding media ahead of the model")
+    p.add_argument("--num-workers", type=non_negative_int, default=2,
+                   help="DataLoader workers decoding media ahead of the model")
     p.add_argument("--new-run", action="store_true", help="start a fresh file beside --out (preds-2.jsonl, ...) "
                                                           "instead of resuming it")
     p.add_argument("--labels", help="comma-separated closed label set: add each label's probability as the answer "
@@ -324,23 +366,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder or Hub id (the project's classes load it)")
     p.add_argument("clips", nargs="+", help="video files or folders")
     p.add_argument("--out", required=True, help="FILE.safetensors or FILE.parquet; FILE.jsonl records progress "
-                                                "(a rerun resumes) and FILE.parts/ holds the batches")
-    p.add_argument("--batch-size", type=int, default=4)
+                                                "(a rerun resumes, and FILE gathers every clip of the run) and "
+                                                "FILE.parts/ holds the batches")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier embed output of other settings "
+                                                            "(FILE, FILE.jsonl, FILE.parts/)")
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--audio", choices=["video", "none"], default="video")
     p.add_argument("--subtitle-file", help="CSV with a name column and subtitles (see read_subtitles)")
     p.add_argument("--subtitle-column")
     p.add_argument("--retry-errors", action="store_true", help="run clips recorded as errors again")
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--num-workers", type=non_negative_int, default=2)
     p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
     p.set_defaults(func=embed)
 
     p = commands.add_parser("export", help="write a Hub-ready folder (weights, code, processor, model card)")
     p.add_argument("model", metavar="MODEL_OR_TRAIN_OUTPUT", help="model folder (a train.py output folder works)")
-    p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--eval-summary", help="MER-UniBench scores for the model-index: affectverse.evaluation.runner's scores.json or "
-                                          "affectverse.scoring.score reports")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty folder (or an earlier export, with --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export in OUT_DIR (nothing of it stays)")
+    p.add_argument("--eval-summary", help="MER-UniBench scores for the model-index: affectverse evaluate's "
+                                          "scores.json or affectverse score reports")
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--license", default="apache-2.0")
     p.add_argument("--datasets", nargs="+", help="training datasets for the card metadata")
@@ -349,35 +396,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
     p.set_defaults(func=export)
 
-    p = commands.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
-    p.add_argument("folder", metavar="FOLDER")
+    p = commands.add_parser("push", help="upload what a model folder's model needs to the Hugging Face Hub")
+    p.add_argument("folder", metavar="FOLDER", help="an export folder or a train.py output folder: only the files "
+                                                    "from_pretrained, the processor, the code and the card read go")
     p.add_argument("repo_id", metavar="REPO_ID")
     p.add_argument("--private", action="store_true", help="create the repository private (if it is created)")
     p.add_argument("--revision", help="branch to upload to (created if missing)")
     p.add_argument("--commit-message")
-    p.add_argument("--dry-run", action="store_true", help="list the files and sizes that would go up; no network")
+    p.add_argument("--dry-run", action="store_true", help="list the files that would go up and those skipped (with "
+                                                          "why); no network")
+    p.add_argument("--include-training-state", action="store_true",
+                   help="also upload a train.py run's checkpoints (optimizer, RNG and scheduler states: pickles), "
+                        "adapter/ and run records")
     p.set_defaults(func=push)
     return parser
+
+
+def run_job(job, argv, debug: bool = False) -> int:
+    """``job(argv)`` with its errors as one line naming what failed (the traceback only with ``debug``);
+    ``python train.py`` runs through here too."""
+    try:
+        status = job(argv)
+    except KeyboardInterrupt:
+        logger.error("interrupted; rerun the same command to resume")
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error ends as one line (and the traceback at DEBUG)
+        expected = isinstance(err, (ValueError, OSError, NonFiniteError))  # ours: named and explained
+        message = str(err) if expected else f"{type(err).__name__}: {err} (unexpected: --log-level DEBUG shows where)"
+        if debug:
+            logger.exception("%s", message)
+        else:
+            logger.error("%s", message)
+        return 2
+    return status if isinstance(status, int) else 0  # train returns its results
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=args.log_level)
+    transformers.utils.logging.set_verbosity_warning()
+    debug = args.log_level == "DEBUG"
     if args.command in DELEGATED:  # its own parser reads the rest of the command line
-        status = DELEGATED[args.command][0](rest)
-        return status if isinstance(status, int) else 0  # train returns its results
+        return run_job(DELEGATED[args.command][0], rest, debug)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=args.log_level.upper())
-    if args.command != "push":
-        import transformers
-
-        transformers.utils.logging.set_verbosity_warning()
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError) as err:  # StoreError is a ValueError
-        logger.error("%s", err)
-        return 2
+    return run_job(lambda _: args.func(args), None, debug)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ against a mocked ``HfApi`` only (``tests/test_cli.py``).
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import json
 import logging
+import re
 from importlib import metadata
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.utils import filter_repo_objects
 from transformers.dynamic_module_utils import custom_object_save
 
+from affectverse import checkpoint, ownership
 from affectverse.scoring.score import BENCHMARKS
 from pipeline_affectverse import CUSTOM_PIPELINES, EmotionRecognitionPipeline
 
@@ -42,7 +45,20 @@ BIBTEX = """\
 # generated audio or images, but AffectVerse keeps only the thinker (no talker): its output is always text.
 PIPELINE_TAG = "video-text-to-text"
 TAGS = ["affective-computing", "emotion-recognition", "multimodal", "qwen2.5-omni", "custom_code"]
-UPLOAD_IGNORE = ["__pycache__", "__pycache__/*", "*/__pycache__/*", "*.pyc", ".ipynb_checkpoints/*"]
+# push: what a train.py output folder holds besides the model (uploaded only with --include-training-state), what
+# never goes (paths of the user's machine), and names that look like secrets (never, whatever the flags).
+TRAINING_STATE = ("checkpoint-*", "adapter", "run_args.json", "results.json", "trainer_state.json",
+                  "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "all_results.json",
+                  "train_results.json", "eval_results.json")
+LOCAL_ONLY = ("preflight_cache.json", "bad_samples.jsonl", ownership.RECORD, "*.lock", "__pycache__", "*.pyc",
+              ".ipynb_checkpoints", ".git", ".cache")
+SECRET_NAMES = (".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.keystore", "id_rsa*",
+                "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", "_netrc", ".git-credentials", ".pypirc", ".npmrc",
+                "credentials", "credentials.*", "*secret*", "*password*", "token", "hf_token", ".huggingface",
+                ".ssh", ".aws", ".gnupg")
+SECRET_CONTENT = re.compile(rb"hf_[A-Za-z0-9]{30,}|-----BEGIN [A-Z ]*PRIVATE KEY-----|AKIA[0-9A-Z]{16}|"
+                            rb"ghp_[A-Za-z0-9]{36}|sk-[A-Za-z0-9]{32,}")
+TEXT_SUFFIXES = (".json", ".md", ".py", ".txt", ".jinja", ".yaml", ".yml", ".cfg", ".toml", ".jsonl", ".csv")
 
 # docs/usage.md holds this snippet verbatim (with MODEL = "your-name/affectverse-7b"); tests run it.
 USAGE_SNIPPET = """\
@@ -360,7 +376,7 @@ def export_for_hub(model, processor, out_dir, eval_summary=None, training_args=N
     Args:
         model: an AffectVerse model; a peft-wrapped one has its LoRA merged in first (in place).
         processor: its ``AffectVerseProcessor`` (checked against the model's belief settings).
-        out_dir: the folder to write (created; files of the same names are overwritten).
+        out_dir: the folder to write into (created if missing).
         eval_summary: MER-UniBench scores for the card's model-index: a JSON path or loaded JSON, see
             :func:`read_eval_summary`. None: no model-index.
         training_args: this run's arguments for the card (``run_args.json`` of ``train.py``, a dict, or
@@ -371,7 +387,8 @@ def export_for_hub(model, processor, out_dir, eval_summary=None, training_args=N
         section.
 
     Writes ``model*.safetensors`` (+ index when sharded), ``config.json`` with ``auto_map``, ``generation_config.json``,
-    the processor and tokenizer files, the four ``*_affectverse.py`` code files and ``README.md``.
+    the processor and tokenizer files, the ``*_affectverse.py`` code files and ``README.md``. It writes into
+    ``out_dir`` as it is: the ``affectverse export`` command uses :func:`export_folder`, train.py its own run folder.
     """
     out = Path(out_dir)
     model = _merged(model)
@@ -389,9 +406,17 @@ def export_for_hub(model, processor, out_dir, eval_summary=None, training_args=N
     if datasets is None:
         datasets = card_datasets(training_args)
     model_card(model, reports, training_args, license, datasets, base_model, repo_id, run).save(out / "README.md")
-    logger.info("exported %s (%s)", out, human_size(sum(size for _, size in upload_plan(out))))
+    logger.info("exported %s (%s)", out, human_size(sum(size for _, size in upload_plan(out)[0])))
     return out
 
+
+def export_folder(model, processor, out_dir, *args, overwrite: bool = False, **kwargs) -> Path:
+    """:func:`export_for_hub` into ``out_dir`` as a whole: written beside it and swapped in, so the folder holds
+    exactly this export (an earlier export there is replaced only with ``overwrite``; any other non-empty folder is
+    refused, untouched). Its record ``.affectverse.json`` lists the files and the model's identity."""
+    return ownership.write_folder(
+        out_dir, "export", lambda tmp: export_for_hub(model, processor, tmp, *args, **kwargs), overwrite=overwrite,
+        option="OUT_DIR", record=lambda tmp: {"identity": checkpoint.identity_record(tmp)})
 
 
 def human_size(n: int) -> str:
@@ -401,40 +426,106 @@ def human_size(n: int) -> str:
         n /= 1024
 
 
-def upload_plan(folder) -> list[tuple[str, int]]:
-    """(path in repo, size) of each file ``push`` uploads: what ``upload_folder`` sends with ``UPLOAD_IGNORE``."""
-    try:
-        from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS  # upload_folder's own exclusions (.git, cache)
-    except ImportError:  # pragma: no cover - moved in another huggingface_hub release
-        DEFAULT_IGNORE_PATTERNS = [".git", ".git/*", "*/.git", "**/.git/**", ".cache/huggingface/**"]
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _looks_secret(path: Path) -> bool:
+    if path.suffix.lower() not in TEXT_SUFFIXES or path.stat().st_size > 50 * 2**20:
+        return False
+    return SECRET_CONTENT.search(path.read_bytes()) is not None
+
+
+def upload_plan(folder, include_training_state: bool = False
+                ) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]]]:
+    """(uploaded: (path in repo, size), skipped: (path, size, reason)) of ``folder``: an allowlist.
+
+    Uploaded: the top-level files ``from_pretrained`` of the model and the processor, the remote code and the model
+    card read (:data:`affectverse.checkpoint.HUB_FILES`; weight shards only those the index names), plus, with
+    ``include_training_state``, a train.py run's checkpoints, adapter and run records (:data:`TRAINING_STATE`).
+    Never: names that look like secrets (:data:`SECRET_NAMES`), text files holding what looks like an access token
+    or a private key, files with paths of this machine (:data:`LOCAL_ONLY`). Everything else is skipped, with why.
+    """
     folder = Path(folder)
-    sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
-    kept = filter_repo_objects(sizes, ignore_patterns=UPLOAD_IGNORE + list(DEFAULT_IGNORE_PATTERNS))
-    return [(path, sizes[path]) for path in kept]
+    index = folder / checkpoint.WEIGHT_INDEX
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        shards = None
+    uploaded, skipped = [], []
+
+    def size_of(path: Path) -> int:
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+    def consider(path: Path, name: str):
+        if _matches(path.name, SECRET_NAMES):
+            skipped.append((name, size_of(path), "looks like a secret: never uploaded"))
+        elif _matches(path.name, LOCAL_ONLY):
+            skipped.append((name, size_of(path), "affectverse's local bookkeeping: never uploaded"))
+        elif path.is_dir():
+            for child in sorted(path.iterdir()):
+                consider(child, f"{name}/{child.name}")
+        elif _looks_secret(path):
+            skipped.append((name, path.stat().st_size, "holds what looks like an access token or a private key: "
+                                                        "never uploaded"))
+        else:
+            uploaded.append((name, path.stat().st_size))
+
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if _matches(name, SECRET_NAMES):
+            skipped.append((name + ("/" if path.is_dir() else ""), size_of(path),
+                            "looks like a secret: never uploaded"))
+        elif _matches(name, LOCAL_ONLY):
+            skipped.append((name + ("/" if path.is_dir() else ""), size_of(path),
+                            "affectverse's local bookkeeping (paths of this machine): never uploaded"))
+        elif _matches(name, TRAINING_STATE):
+            if include_training_state:
+                consider(path, name)
+            else:
+                skipped.append((name + ("/" if path.is_dir() else ""), size_of(path),
+                                "training state: pass --include-training-state to upload it"))
+        elif path.is_file() and _matches(name, checkpoint.HUB_FILES):
+            if shards is not None and fnmatch.fnmatch(name, "model*.safetensors") and name not in shards:
+                skipped.append((name, path.stat().st_size, f"not a shard {checkpoint.WEIGHT_INDEX} names"))
+            else:
+                consider(path, name)
+        else:
+            skipped.append((name + ("/" if path.is_dir() else ""), size_of(path),
+                            "not part of the model (neither from_pretrained, the processor, the code nor the card "
+                            "reads it)"))
+    return uploaded, skipped
 
 
 def push_folder(folder, repo_id: str, private: bool | None = None, revision: str | None = None,
-                commit_message: str | None = None, dry_run: bool = False):
-    """Upload ``folder`` to the model repository ``repo_id`` (created if missing) and return the commit info.
+                commit_message: str | None = None, dry_run: bool = False, include_training_state: bool = False):
+    """Upload the allowlist of ``folder`` (:func:`upload_plan`) to the model repository ``repo_id`` (created if
+    missing); return (commit info or None for ``dry_run``, uploaded, skipped).
 
     Calls ``HfApi().create_repo(repo_id, private=..., exist_ok=True, repo_type="model")``, then
-    ``create_branch`` when ``revision`` names a branch other than main, then ``upload_folder``. ``private`` only
-    applies when the repository is created. ``dry_run``: returns the upload plan and calls nothing.
+    ``create_branch`` when ``revision`` names a branch other than main, then ``upload_folder`` with exactly the
+    planned files as ``allow_patterns``. ``private`` only applies when the repository is created. ``dry_run``: calls
+    nothing.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
-    plan = upload_plan(folder)
-    missing = [name for name in ("README.md", "config.json") if name not in dict(plan)]
+    uploaded, skipped = upload_plan(folder, include_training_state)
+    names = {name for name, _ in uploaded}
+    missing = [name for name in ("README.md", "config.json") if name not in names]
     if missing:
         logger.warning("%s has no %s: is it an `affectverse export` folder?", folder, " or ".join(missing))
+    if not any(fnmatch.fnmatch(name, "model*.safetensors") for name in names):
+        logger.warning("%s: no model weights would be uploaded", folder)
     if dry_run:
-        return plan
+        return None, uploaded, skipped
+    if not uploaded:
+        raise ValueError(f"{folder}: nothing to upload (every file was skipped; see --dry-run)")
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision,
-                             commit_message=commit_message or "Upload AffectVerse", ignore_patterns=list(UPLOAD_IGNORE))
-
-
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision,
+                             commit_message=commit_message or "Upload AffectVerse",
+                             allow_patterns=[glob.escape(name) for name, _ in uploaded])
+    return info, uploaded, skipped

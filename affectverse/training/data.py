@@ -104,6 +104,8 @@ def screen_data(train, evaluation, processor, data_args, out: Path, main_process
                                  data_args.preflight_workers, save_cache=main_process)
     if not bad:
         logger.info("pre-flight check: all %d samples usable", len(train) + (len(evaluation) if evaluation else 0))
+        if main_process and (out / "bad_samples.jsonl").is_file():  # an earlier check's list: no longer true
+            (out / "bad_samples.jsonl").unlink()
         return train, evaluation
     if not data_args.skip_bad_samples:
         raise ValueError(f"pre-flight check: {len(bad)} bad samples; nothing was trained. Fix or remove them, or pass "

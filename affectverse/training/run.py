@@ -43,7 +43,7 @@ import torch
 import transformers
 from transformers import HfArgumentParser
 
-from affectverse import hub
+from affectverse import hub, ownership
 from affectverse.inference.engine import MODALITIES, Engine, Setting
 from affectverse.scoring.scores import map_to_label_set
 from affectverse.training.arguments import (
@@ -58,7 +58,14 @@ from affectverse.training.arguments import (
 from affectverse.training.data import load_data, screen_data
 from affectverse.training.export import card_base_model, card_facts, export
 from affectverse.training.model import add_lora, check_checkpoint, load_config, load_model, load_processor
-from affectverse.training.run_folder import check_output_dir, check_writable, checkpoints, write_results
+from affectverse.training.run_folder import (
+    check_output_dir,
+    check_writable,
+    checkpoints,
+    claim,
+    start_afresh,
+    write_results,
+)
 from affectverse.training.trainer import AffectVerseTrainer, whole_run_train_loss
 from processing_affectverse import AffectVerseCollator, extract_labels
 
@@ -110,8 +117,9 @@ def main(argv=None):
     t0 = time.time()
     out, is_main = Path(training_args.output_dir), training_args.process_index == 0
 
-    # 1. Inputs, all checked before anything heavy is loaded: output folder, checkpoint files, data, processor,
-    #    then every sample's media and text (the pre-flight check).
+    # 1. Inputs, all checked before anything heavy is loaded: output folder (writable; new, empty or this command's
+    #    own: affectverse.ownership), checkpoint files, data, processor, then every sample's media and text (the
+    #    pre-flight check, whose verdicts are the first thing written: the folder is claimed for them).
     check_writable(out)
     if model_args.model_name_or_path is not None:
         check_checkpoint(model_args.model_name_or_path)
@@ -122,6 +130,8 @@ def main(argv=None):
         train_ds, eval_ds, label_sets = load_data(data_args)
     processor = load_processor(model_args, data_args, load_config(model_args))
     n_before = len(train_ds) + (len(eval_ds) if eval_ds is not None else 0)
+    if is_main and data_args.check_media:
+        claim(out)
     with training_args.main_process_first(desc="pre-flight check"):
         train_ds, eval_ds = screen_data(train_ds, eval_ds, processor, data_args, out, is_main)
     n_bad = n_before - len(train_ds) - (len(eval_ds) if eval_ds is not None else 0)
@@ -140,8 +150,11 @@ def main(argv=None):
                                    on_error="skip" if data_args.skip_bad_samples else "raise")
     trainer = AffectVerseTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
                                  data_collator=collator, processing_class=processor)
-    if is_main:
-        (out / "run_args.json").write_text(json.dumps(record, indent=2) + "\n")
+    if is_main:  # the model loaded: the run's own files may be written now
+        claim(out)
+        if training_args.overwrite_output_dir:  # what an earlier run wrote goes; anything else stays
+            start_afresh(out, keep=resume)
+        ownership.atomic_write(out / "run_args.json", json.dumps(record, indent=2) + "\n")
     if resume:
         logger.info("resuming from %s", resume)
     first_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] if resume else 0
