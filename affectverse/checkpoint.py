@@ -54,7 +54,9 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_p
 CODE_FILES = ("*_affectverse.py",)
 CARD_FILES = ("README.md",)
 HUB_FILES = MODEL_FILES + PROCESSOR_FILES + CODE_FILES + CARD_FILES
-METADATA_KEYS = ("auto_map", "transformers_version", "custom_pipelines", "_name_or_path", "_commit_hash")
+# config keys that describe how a model was saved or loaded, not what it computes (the tensors carry their dtype)
+METADATA_KEYS = ("auto_map", "transformers_version", "custom_pipelines", "_name_or_path", "_commit_hash", "dtype",
+                 "torch_dtype")
 IDENTITY_VERSION = 1
 SHOWN = 5  # tensor names listed in an error
 
@@ -161,7 +163,7 @@ def check_weight_files(folder: Path, option: str = "MODEL"):
     for path in files:
         problem = safetensors_problem(path)
         if problem:
-            raise CheckpointError(f"{path}: {problem}")
+            raise CheckpointError(f"{path}: {problem}; nothing was loaded: copy, download or save it again")
 
 
 def _parse_header(path) -> tuple[dict, int]:
@@ -263,8 +265,9 @@ def compare_with_headers(folder, config, trust_remote_code: bool = False, new=()
                               f"({_listed(missing)}); they would be random: the checkpoint is incomplete (an "
                               "interrupted save or copy?): save or export it again")
     if unexpected:
-        raise CheckpointError(f"{where}: {len(unexpected)} tensors the model does not have ({_listed(unexpected)}); "
-                              "the weights belong to another model or another configuration")
+        raise CheckpointError(f"{where}: the weights hold {len(unexpected)} tensor(s) the model does not have "
+                              f"({_listed(unexpected)}); they belong to another model or configuration: put the "
+                              "config.json saved with them beside them")
 
 
 def load_verified(path, dtype=None, device=None, trust_remote_code: bool = False, option: str = "MODEL",
@@ -314,8 +317,8 @@ def check_finite(model, folder=None):
     finite = torch.stack([torch.isfinite(p).all() for _, p in named]).cpu()  # one transfer for all
     bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
     if bad:
-        raise CheckpointError(f"{folder or 'the model'}: {len(bad)} weight tensors hold NaN or infinite values "
-                              f"({_listed(bad)}); every answer would be garbage: the checkpoint is broken (a "
+        raise CheckpointError(f"{folder or 'the model'}: NaN or infinite values in {len(bad)} of {len(named)} weight "
+                              f"tensors ({_listed(bad)}); every answer would be garbage: the checkpoint is broken (a "
                               "diverged training run or a damaged file): use an earlier checkpoint")
 
 

@@ -44,6 +44,7 @@ from affectverse.evaluation import report, runner
 from affectverse.hub import BASE_MODEL, export_folder, human_size, push_folder
 from affectverse.inference.embed import FORMATS as EMBED_FORMATS
 from affectverse.inference.embed import KINDS, EmbedEngine, gather, store_path, write_part
+from affectverse.inference.embed import REMEDY as EMBED_REMEDY
 from affectverse.inference.embed import Outputs as EmbedOutputs
 from affectverse.inference.engine import (
     MODALITIES,
@@ -247,7 +248,7 @@ def embed(args) -> int:
         _, store, n_run = predict_to_store(store_path(out), record, args.model, ("path",), [(setting, r) for r in rows],
                                            lambda row: (row["name"],), make_engine, records,
                                            retry_errors=args.retry_errors, desc="embedding",
-                                           remedy="--overwrite to replace it and its embeddings")
+                                           remedy=EMBED_REMEDY)
     except BaseException:
         if outputs is not None:
             outputs.restore()  # nothing was written: the earlier outputs stay as they were
@@ -423,6 +424,8 @@ def run_job(job, argv, debug: bool = False) -> int:
     except Exception as err:  # noqa: BLE001 - every error ends as one line (and the traceback at DEBUG)
         expected = isinstance(err, (ValueError, OSError, NonFiniteError))  # ours: named and explained
         message = str(err) if expected else f"{type(err).__name__}: {err} (unexpected: --log-level DEBUG shows where)"
+        if isinstance(err, OSError) and err.strerror and err.filename is None and err.errno:
+            message = err.strerror  # our own OSErrors name the file in their text: no "[Errno N]" prefix
         if debug:
             logger.exception("%s", message)
         else:

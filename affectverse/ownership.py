@@ -69,8 +69,8 @@ def check_folder(folder, kind: str, option: str = "--out", legacy: Callable[[Pat
     if not folder.is_dir():
         raise OwnershipError(f"{option} {folder}: a file, not a folder; it is left untouched: choose a folder name")
     record = read_record(folder)
-    if record is None:
-        entries = sorted(p.name for p in folder.iterdir())
+    if record is None:  # a record another process is writing right now (its temporary file) counts as nothing
+        entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith(f".{RECORD}.tmp-"))
         if not entries:
             return None
         if legacy is not None and legacy(folder):

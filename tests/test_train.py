@@ -708,6 +708,7 @@ torch.save({{n: p.detach() for n, p in model.named_parameters() if p.requires_gr
 
 KILL_WORKER = """
 import json, os, signal, sys, torch
+from pathlib import Path
 sys.path.insert(0, {root!r})
 from tests.test_train import SpecDataset, collator, tiny_peft, training_args
 from affectverse.training import run_folder

@@ -31,12 +31,13 @@ from safetensors.torch import load_file, save_file
 
 from affectverse import ownership
 from affectverse.inference.engine import Engine, non_finite, to_device
-from affectverse.inference.store import is_store
+from affectverse.inference.store import PredictionStore, is_store
 
 KINDS = ("belief_tokens", "belief_embeddings", "video_hidden", "audio_hidden", "answer_hidden")
 FORMATS = (".safetensors", ".parquet")
 FORMAT = "affectverse-embeddings"
 PARTS_KIND = "embed"  # the record of FILE.parts/
+REMEDY = "--overwrite to replace it and its embeddings"
 
 
 class _Capture:
@@ -148,6 +149,8 @@ class Outputs:
         ownership.check_file(self.paths[1], is_store, "embed", option="--out (its progress file)")
         ownership.check_folder(self.paths[2], PARTS_KIND, option="--out (its parts folder)")
         ownership.Lock(self.paths[1]).check()
+        if not overwrite:  # other settings: the progress file says which
+            PredictionStore(self.paths[1], run, ("path",), readonly=True, remedy=REMEDY)
         if not overwrite and self.out.exists() and file_metadata(self.out).get("run") != self.run:
             raise ownership.OwnershipError(f"--out {self.out} holds embeddings of another run (other model or "
                                            "settings); pass --overwrite to replace it with its progress file and "
