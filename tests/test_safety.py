@@ -523,6 +523,22 @@ def test_overwrite_output_dir_removes_the_earlier_runs_files_and_nothing_else(tm
     assert sorted(p.name for p in out.iterdir()) == [ownership.RECORD, "checkpoint-8", "notes.txt"]
 
 
+def test_a_redrawn_report_leaves_none_of_an_earlier_reports_files(tmp_path):
+    from affectverse.evaluation import report
+
+    run_dir = tmp_path / "run"
+    ownership.claim_folder(run_dir, report.KIND)
+    entry = {"benchmark": "manifest", "task": "emotion", "modality": "avt", "setting": "A+V+T", "ablation": "Full",
+             "keep_ratio": 1.0, "n": 2, "n_errors": 0, "main_score": None, "closed_set_score": 50.0}
+    (run_dir / "scores.json").write_text(json.dumps({"errors": "", "results": [entry]}))
+    for name in ("calibration.md", "calibration.csv", "imagination.png", "notes.md"):
+        (run_dir / name).write_text("from an earlier report (notes.md: the user's)")
+    written = {p.name for p in report.write_report(run_dir)}
+    names = {p.name for p in run_dir.iterdir()}
+    assert "report.md" in written and "robustness.png" in names and "notes.md" in names
+    assert not names & {"calibration.md", "calibration.csv", "imagination.png"}  # this report has no such part
+
+
 def test_readers_refuse_labels_they_cannot_trust_and_accept_a_byte_order_mark(tmp_path):
     import numpy as np
 
