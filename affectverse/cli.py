@@ -8,8 +8,9 @@
     affectverse predict MODEL CLIPS... [--out preds.jsonl] [--batch-size 4] [--sentiment] [--explain] ...
     affectverse predict MODEL CLIPS... --labels happy,sad,neutral [--trajectory [--ratios 0.1,...,1] --figure F.png]
     affectverse embed MODEL CLIPS... --out emb.safetensors (or .parquet)
-    affectverse export MODEL_OR_TRAIN_OUTPUT OUT_DIR [--eval-summary scores.json] [--max-shard-size 2GB] ...
-    affectverse push FOLDER REPO_ID [--private] [--revision REV] [--commit-message MSG] [--dry-run]
+    affectverse export MODEL_OR_TRAIN_OUTPUT OUT_DIR [--eval-summary scores.json] [--repo-id ID [--space]] ...
+    affectverse push FOLDER REPO_ID [--private] [--revision REV] [--commit-message MSG] [--dry-run] [--space]
+    affectverse demo MODEL [--host 127.0.0.1] [--port 7860] [--labels happy,sad,...] [--max-seconds 30]
 
 ``predict`` loads ``MODEL`` (a folder or a Hub id) with the project's own classes (the folder's Python files run
 only with ``--trust-remote-code``) and writes one JSON line per clip into a prediction store
@@ -31,9 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+from affectverse import demo as demo_page
 from affectverse.default import clips
 from affectverse.evaluation import report, runner
-from affectverse.hub import BASE_MODEL, export_for_hub, human_size, push_folder, upload_plan
+from affectverse.hub import BASE_MODEL, export_for_hub, human_size, push_folder, upload_plan, write_space
 from affectverse.inference.embed import FORMATS as EMBED_FORMATS
 from affectverse.inference.embed import KINDS, EmbedEngine, gather, store_path, write_part
 from affectverse.inference.engine import (
@@ -43,6 +45,7 @@ from affectverse.inference.engine import (
     Setting,
     checkpoint_record,
     load_model,
+    parse_labels,
     predict_to_store,
     resolve_device,
 )
@@ -180,16 +183,6 @@ def clip_rows(clips, args) -> list[dict]:
             for clip in clips]
 
 
-def parse_labels(text: str | None) -> list[str] | None:
-    """``"happy, sad,neutral"`` -> ["happy", "sad", "neutral"]; None stays None."""
-    if text is None:
-        return None
-    labels = [label.strip() for label in text.split(",") if label.strip()]
-    if not labels or len(set(labels)) != len(labels):
-        raise ValueError(f"--labels {text!r}: a comma-separated list of distinct labels")
-    return labels
-
-
 # ============================================================================================== embed
 def embed(args) -> int:
     out, procs = Path(args.out), Processes()
@@ -242,6 +235,9 @@ def export(args) -> int:
     source, out = Path(args.model), Path(args.out_dir)
     if source.exists() and out.exists() and source.resolve() == out.resolve():
         raise ValueError("OUT_DIR must differ from the source folder")
+    if args.space is not None and not args.repo_id:
+        raise ValueError("--space needs --repo-id: the Hub id of the model the Space loads")
+    space_id = (args.space or f"{args.repo_id}-demo") if args.space is not None else None
     if source.is_dir() and not (source / "config.json").is_file():
         hint = " (a train.py run without --export_merged: its adapter/ holds only LoRA + EWM)" \
             if (source / "adapter").is_dir() else ""
@@ -250,16 +246,21 @@ def export(args) -> int:
     run_args = source / "run_args.json"
     training_args = json.loads(run_args.read_text()) if run_args.is_file() else None
     export_for_hub(model, processor, out, args.eval_summary, training_args, args.max_shard_size,
-                   license=args.license, datasets=args.datasets, base_model=args.base_model, repo_id=args.repo_id)
+                   license=args.license, datasets=args.datasets, base_model=args.base_model, repo_id=args.repo_id,
+                   space_id=space_id)
     files = upload_plan(out)
     print(f"affectverse export: {len(files)} files ({human_size(sum(s for _, s in files))}) in {out}")
+    if space_id:
+        folder = write_space(out, args.repo_id, demo_page.trained_labels(args.model), args.space_requirement,
+                             model.num_parameters(), args.license)
+        print(f"affectverse export: the demo Space in {folder} (affectverse push {folder} {space_id} --space)")
     return 0
 
 
 # ============================================================================================== push
 def push(args) -> int:
     result = push_folder(args.folder, args.repo_id, args.private or None, args.revision, args.commit_message,
-                         args.dry_run)
+                         args.dry_run, args.space)
     if args.dry_run:
         for path, size in result:
             print(f"{size:>14,d}  {path}")
@@ -267,6 +268,19 @@ def push(args) -> int:
         print(f"affectverse push --dry-run: {len(result)} files ({human_size(total)}) would go to {args.repo_id}")
     else:
         print(f"affectverse push: uploaded {args.folder} to {args.repo_id} ({getattr(result, 'commit_url', result)})")
+    return 0
+
+
+# ============================================================================================== demo
+def demo(args) -> int:
+    problem = demo_page.gradio_missing()
+    if problem:
+        raise ValueError(f"affectverse demo: {problem}")
+    page = demo_page.build_demo(args.model, parse_labels(args.labels), device=args.device,
+                                dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                                max_seconds=args.max_seconds, ratios=args.ratios, max_new_tokens=args.max_new_tokens)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to the page, one line each
+    demo_page.launch(page, args.host, args.port)
     return 0
 
 
@@ -346,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", help="training datasets for the card metadata")
     p.add_argument("--base-model", default=BASE_MODEL)
     p.add_argument("--repo-id", help="Hub id shown in the card's usage snippet")
+    p.add_argument("--space", nargs="?", const="", metavar="SPACE_ID",
+                   help="also write OUT_DIR/space/, a Hugging Face Space running `affectverse demo` on --repo-id "
+                        "(app.py, requirements.txt, README.md with the Space metadata), and link it from the model "
+                        "card; SPACE_ID defaults to REPO_ID-demo")
+    p.add_argument("--space-requirement", help="the Space's requirements.txt line for this package (default: "
+                                               "affectverse[demo]==<this version>; a git URL works too)")
     p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
     p.set_defaults(func=export)
 
@@ -356,7 +376,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to upload to (created if missing)")
     p.add_argument("--commit-message")
     p.add_argument("--dry-run", action="store_true", help="list the files and sizes that would go up; no network")
+    p.add_argument("--space", action="store_true", help="REPO_ID is a gradio Space (FOLDER: export --space's "
+                                                         "OUT_DIR/space)")
     p.set_defaults(func=push)
+
+    p = commands.add_parser("demo", help="a Gradio page for MODEL: a Clip tab and a Live tab (webcam, microphone)")
+    p.add_argument("model", help="model folder or Hub id (the project's classes load it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--labels", help="the page's default label set (default: the model's trained labels when its "
+                                    f"folder records them, else {','.join(demo_page.DEFAULT_LABELS)})")
+    p.add_argument("--max-seconds", type=float, default=demo_page.MAX_SECONDS, help="longest clip the page reads")
+    p.add_argument("--ratios", default=None, help="the Clip tab's observation ratios (default 0.1,0.2,...,1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=demo_page.MAX_NEW_TOKENS)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
+    p.set_defaults(func=demo)
     return parser
 
 
