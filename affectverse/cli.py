@@ -8,9 +8,10 @@
     affectverse predict MODEL CLIPS... [--out preds.jsonl] [--batch-size 4] [--sentiment] [--explain] ...
     affectverse predict MODEL CLIPS... --labels happy,sad,neutral [--trajectory [--ratios 0.1,...,1] --figure F.png]
     affectverse embed MODEL CLIPS... --out emb.safetensors (or .parquet)
-    affectverse export MODEL_OR_TRAIN_OUTPUT OUT_DIR [--eval-summary scores.json] [--max-shard-size 2GB] ...
-    affectverse push FOLDER REPO_ID [--private] [--revision REV] [--commit-message MSG] [--dry-run]
+    affectverse export MODEL_OR_TRAIN_OUTPUT OUT_DIR [--eval-summary scores.json] [--repo-id ID [--space]] ...
+    affectverse push FOLDER REPO_ID [--private] [--revision REV] [--commit-message MSG] [--dry-run] [--space]
                      [--include-training-state]
+    affectverse demo MODEL [--host 127.0.0.1] [--port 7860] [--labels happy,sad,...] [--max-seconds 30]
 
 ``predict`` loads ``MODEL`` (a folder or a Hub id) with the project's own classes (the folder's Python files run
 only with ``--trust-remote-code``) and writes one JSON line per clip into a prediction store
@@ -38,10 +39,11 @@ from pathlib import Path
 
 import transformers
 
+from affectverse import demo as demo_page
 from affectverse import ownership
 from affectverse.default import clips
 from affectverse.evaluation import report, runner
-from affectverse.hub import BASE_MODEL, export_folder, human_size, push_folder
+from affectverse.hub import BASE_MODEL, SPACE_FOLDER, export_folder, human_size, push_folder, write_space
 from affectverse.inference.embed import FORMATS as EMBED_FORMATS
 from affectverse.inference.embed import KINDS, EmbedEngine, gather, store_path, write_part
 from affectverse.inference.embed import REMEDY as EMBED_REMEDY
@@ -54,13 +56,14 @@ from affectverse.inference.engine import (
     Setting,
     checkpoint_record,
     load_model,
+    parse_labels,
     predict_to_store,
     resolve_device,
 )
 from affectverse.inference.store import fresh_path
 from affectverse.ownership import Lock
 from affectverse.inference.trajectory import TrajectoryEngine, is_figure, parse_ratios, plot_trajectories
-from affectverse.options import non_negative_int, positive_int
+from affectverse.options import non_negative_int, positive_int, positive_number
 from affectverse.scoring import score
 from affectverse.scoring.scores import sentiment_from_labels
 from affectverse.training import run as training
@@ -193,16 +196,6 @@ def clip_rows(clips, args) -> list[dict]:
             for clip in clips]
 
 
-def parse_labels(text: str | None) -> list[str] | None:
-    """``"happy, sad,neutral"`` -> ["happy", "sad", "neutral"]; None stays None."""
-    if text is None:
-        return None
-    labels = [label.strip() for label in text.split(",") if label.strip()]
-    if not labels or len(set(labels)) != len(labels):
-        raise ValueError(f"--labels {text!r}: a comma-separated list of distinct labels")
-    return labels
-
-
 # ============================================================================================== embed
 def embed(args) -> int:
     out, procs = Path(args.out), Processes()
@@ -273,6 +266,9 @@ def export(args) -> int:
     source, out = Path(args.model), Path(args.out_dir)
     if source.exists() and out.exists() and source.resolve() == out.resolve():
         raise ValueError("OUT_DIR must differ from the source folder")
+    if args.space is not None and not args.repo_id:
+        raise ValueError("--space needs --repo-id: the Hub id of the model the Space loads")
+    space_id = (args.space or f"{args.repo_id}-demo") if args.space is not None else None
     record = ownership.check_folder(out, "export", option="OUT_DIR")  # a folder of someone else's: refused now
     if record is not None and not args.overwrite:
         raise ownership.OwnershipError(f"OUT_DIR {out} holds an earlier affectverse export; pass --overwrite to "
@@ -283,18 +279,26 @@ def export(args) -> int:
         training_args = json.loads(run_args.read_text()) if run_args.is_file() else None
     except ValueError as err:
         raise ValueError(f"{run_args}: not valid JSON ({err})") from None
+    labels = demo_page.trained_labels(args.model) if space_id else None
+
+    def space(tmp):  # the demo Space goes into the same folder, written (and replaced) with it
+        write_space(tmp, args.repo_id, labels, args.space_requirement, model.num_parameters(), args.license)
+
     export_folder(model, processor, out, args.eval_summary, training_args, args.max_shard_size,
-                  overwrite=args.overwrite, license=args.license, datasets=args.datasets, base_model=args.base_model,
-                  repo_id=args.repo_id)
+                  overwrite=args.overwrite, then=space if space_id else None, license=args.license, datasets=args.datasets,
+                  base_model=args.base_model, repo_id=args.repo_id, space_id=space_id)
     files = ownership.listing(out)
     print(f"affectverse export: {len(files)} files ({human_size(sum(files.values()))}) in {out}")
+    if space_id:
+        folder = out / SPACE_FOLDER
+        print(f"affectverse export: the demo Space in {folder} (affectverse push {folder} {space_id} --space)")
     return 0
 
 
 # ============================================================================================== push
 def push(args) -> int:
     info, uploaded, skipped = push_folder(args.folder, args.repo_id, args.private or None, args.revision,
-                                          args.commit_message, args.dry_run, args.include_training_state)
+                                          args.commit_message, args.dry_run, args.include_training_state, args.space)
     total = human_size(sum(size for _, size in uploaded))
     if args.dry_run:
         for path, size in uploaded:
@@ -306,6 +310,19 @@ def push(args) -> int:
     else:
         print(f"affectverse push: uploaded {len(uploaded)} files ({total}) of {args.folder} to {args.repo_id} "
               f"({getattr(info, 'commit_url', info)}); {len(skipped)} skipped (--dry-run lists them)")
+    return 0
+
+
+# ============================================================================================== demo
+def demo(args) -> int:
+    problem = demo_page.gradio_missing()
+    if problem:
+        raise ValueError(f"affectverse demo: {problem}")
+    page = demo_page.build_demo(args.model, parse_labels(args.labels), device=args.device,
+                                dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                                max_seconds=args.max_seconds, ratios=args.ratios, max_new_tokens=args.max_new_tokens)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to the page, one line each
+    demo_page.launch(page, args.host, args.port)
     return 0
 
 
@@ -394,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", help="training datasets for the card metadata")
     p.add_argument("--base-model", default=BASE_MODEL)
     p.add_argument("--repo-id", help="Hub id shown in the card's usage snippet")
+    p.add_argument("--space", nargs="?", const="", metavar="SPACE_ID",
+                   help="also write OUT_DIR/space/, a Hugging Face Space running `affectverse demo` on --repo-id "
+                        "(app.py, requirements.txt, README.md with the Space metadata), and link it from the model "
+                        "card; SPACE_ID defaults to REPO_ID-demo")
+    p.add_argument("--space-requirement", help="the Space's requirements.txt line for this package (default: "
+                                               "affectverse[demo]==<this version>; a git URL works too)")
     p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
     p.set_defaults(func=export)
 
@@ -409,7 +432,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-training-state", action="store_true",
                    help="also upload a train.py run's checkpoints (optimizer, RNG and scheduler states: pickles), "
                         "adapter/ and run records")
+    p.add_argument("--space", action="store_true", help="REPO_ID is a gradio Space (FOLDER: export --space's "
+                                                         "OUT_DIR/space)")
     p.set_defaults(func=push)
+
+    p = commands.add_parser("demo", help="a Gradio page for MODEL: a Clip tab and a Live tab (webcam, microphone)")
+    p.add_argument("model", help="model folder or Hub id (the project's classes load it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--labels", help="the page's default label set (default: the model's trained labels when its "
+                                    f"folder records them, else {','.join(demo_page.DEFAULT_LABELS)})")
+    p.add_argument("--max-seconds", type=positive_number, default=demo_page.MAX_SECONDS,
+                   help="longest clip the page reads")
+    p.add_argument("--ratios", default=None, help="the Clip tab's observation ratios (default 0.1,0.2,...,1.0)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=demo_page.MAX_NEW_TOKENS)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
+    p.set_defaults(func=demo)
     return parser
 
 

@@ -105,7 +105,7 @@ WRITERS = {  # subcommand -> (what it is pointed at, its command line)
     "train": ("folder", lambda t, target: ["train", "--output_dir", str(target), "--use_cpu", "true"]),
     "clips": ("folder", lambda t, target: ["clips", "--out", str(target), "--n", "2", "--seconds", "1"]),
 }
-READ_ONLY = {"score", "push"}  # write nothing local (score prints its report; push uploads)
+READ_ONLY = {"score", "push", "demo"}  # write nothing local (score prints its report; push uploads; demo serves a page)
 
 
 def test_every_writing_subcommand_is_covered():

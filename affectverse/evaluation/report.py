@@ -316,7 +316,13 @@ def plot_imagination(result: dict, path: Path, title: str = "") -> Path:
 
 
 def plot_belief_attention(result: dict, path: Path) -> Path:
-    """Figure 3: belief tokens B1..Bk x memory tokens V1..Vn / A1..An, with a modality-mass side panel."""
+    """Figure 3 (:func:`belief_attention_figure`) as a PNG and a PDF."""
+    return _save(belief_attention_figure(result), path)
+
+
+def belief_attention_figure(result: dict):
+    """Figure 3: belief tokens B1..Bk x memory tokens V1..Vn / A1..An, with a modality-mass side panel.
+    ``result``: ``{"attention": (k, n_video + n_audio) nested lists, "n_video_memory", "name"}``."""
     import numpy as np
 
     plt = _pyplot()
@@ -342,7 +348,7 @@ def plot_belief_attention(result: dict, path: Path) -> Path:
     side.set_xlabel("attention mass")
     side.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_ablation_kappa(summary: dict, path: Path, title: str = "temporal-affect clips") -> Path:

@@ -119,6 +119,16 @@ class Setting:
 
 
 # ============================================================================================== label scores
+def parse_labels(text: str | None) -> list[str] | None:
+    """``"happy, sad,neutral"`` -> ["happy", "sad", "neutral"]; None stays None."""
+    if text is None:
+        return None
+    labels = [label.strip() for label in text.split(",") if label.strip()]
+    if not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"--labels {text!r}: a comma-separated list of distinct labels")
+    return labels
+
+
 def label_candidates(processor, labels: Sequence[str]) -> list[list[int]]:
     """Token ids of each label's answer as the model was trained to give it (``answer_from_label`` + the end of
     turn), so "happy" and "happy, sad" are different candidates."""
@@ -294,20 +304,29 @@ def belief_shares(attention) -> list[dict | None]:
             for v, a, t in zip(video, audio, total)]
 
 
+def belief_weights(attention) -> list[list[list[float]]]:
+    """Per sample, Figure 3's MAMA weights: a row per used belief token (the unused slots' rows are zero and left
+    out), a column per imagined memory token, the video memory's first; each row sums to 1."""
+    return [[[round(v, 5) for v in row] for row in sample if any(row)] for sample in attention.float().cpu().tolist()]
+
+
 class Engine:
     """Batches of rows in, one result dict per row out: ``{"status": "ok", "answer", "seconds"}`` (plus
     ``belief_attention`` with ``explain``) or ``{"status": "error", "reason", "seconds"}``.
 
     Args:
         num_workers: DataLoader worker processes decoding media ahead of the model (0: in this process).
-        explain: one more forward per batch for the belief tokens' video/audio attention share.
+        explain: one more forward per batch for the belief tokens' video/audio attention share
+            (``belief_attention: {"video", "audio"}``); ``"weights"`` adds the MAMA weights themselves
+            (``belief_attention["weights"]``, :func:`belief_weights`).
         labels: a closed label set, or a function row -> its label set (None: none): each ok result then also
             has ``label_scores`` ``{label: probability}`` (summing to 1 over the set, :func:`label_scores`) and
             ``label``, the most probable one. A batch never mixes label sets.
     """
 
     def __init__(self, model, processor, max_new_tokens: int = 64, batch_size: int = 4, num_workers: int = 2,
-                 explain: bool = False, labels: Sequence[str] | Callable[[dict], Sequence[str] | None] | None = None):
+                 explain: bool | str = False,
+                 labels: Sequence[str] | Callable[[dict], Sequence[str] | None] | None = None):
         if batch_size < 1 or max_new_tokens < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens} (both >= 1), "
                              f"num_workers={num_workers} (>= 0)")
@@ -424,6 +443,9 @@ class Engine:
             out = self.model(**batch, **self.forward_kwargs, output_belief_attention=True, logits_to_keep=1)
             if out.belief_attention is not None:
                 shares = belief_shares(out.belief_attention)
+                if self.explain == "weights":
+                    shares = [None if share is None else {**share, "weights": weights}
+                              for share, weights in zip(shares, belief_weights(out.belief_attention))]
         scores = [None] * len(answers)
         if labels:  # the prompt's pass is generate's: its first-step logits and its cache cut to the prompt
             prompt = prompt_state(generated, batch["input_ids"].shape[1])

@@ -171,10 +171,12 @@ class TrajectoryEngine(Engine):
 
 def trajectory(model, processor, rows: Sequence[dict], ratios: Sequence[float] = DEFAULT_RATIOS,
                labels: Sequence[str] | None = None, modality: str = "avt", max_new_tokens: int = 64,
-               reuse: bool = True, num_workers: int = 0, share_prefix: bool = True) -> list[list[dict]]:
+               reuse: bool = True, num_workers: int = 0, share_prefix: bool = True,
+               explain: bool | str = False) -> list[list[dict]]:
     """Per row (``{"name", "video", "audio", "subtitle"}`` as ``affectverse predict`` builds them), its results
     at each ratio in ascending order: ``{"keep_ratio", "status", "answer", "label", "label_scores", ...}``.
-    ``reuse`` and ``share_prefix``: see the module docstring (the results are the same either way).
+    ``reuse`` and ``share_prefix``: see the module docstring (the results are the same either way); ``explain``:
+    each result's ``belief_attention`` (:class:`Engine`).
 
     Example:
 
@@ -186,7 +188,7 @@ def trajectory(model, processor, rows: Sequence[dict], ratios: Sequence[float] =
     """
     ratios = parse_ratios(ratios)
     engine = TrajectoryEngine(model, processor, max_new_tokens, batch_size=1, num_workers=num_workers,
-                              labels=labels, reuse=reuse, share_prefix=share_prefix)
+                              explain=explain, labels=labels, reuse=reuse, share_prefix=share_prefix)
     work = [(Setting(MODALITIES[modality], r), row) for row in rows for r in ratios]
     out: dict[str, list[dict]] = {}
     for setting, [row], [result] in engine.run(engine.batches(work)):
