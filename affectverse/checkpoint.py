@@ -92,8 +92,9 @@ def resolve(name, option: str = "MODEL") -> Path:
     except LocalEntryNotFoundError:
         raise CheckpointError(f"{option} {name}: no such folder, and not in the local Hub cache (offline); "
                               "download it first or give a folder") from None
-    except OSError as err:
-        raise CheckpointError(f"{option} {name}: no such folder, and the Hub did not give it ({err})") from None
+    except Exception as err:  # noqa: BLE001 - not found, no access, no network: one line naming the model
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{option} {name}: no such folder, and the Hub did not give it ({first})") from None
 
 
 def inspect(path, option: str = "MODEL", allowed=AFFECTVERSE_TYPES) -> dict:
