@@ -285,7 +285,8 @@ def export(args) -> int:
         write_space(tmp, args.repo_id, labels, args.space_requirement, model.num_parameters(), args.license)
 
     export_folder(model, processor, out, args.eval_summary, training_args, args.max_shard_size,
-                  overwrite=args.overwrite, then=space if space_id else None, license=args.license, datasets=args.datasets,
+                  overwrite=args.overwrite, then=space if space_id else None, license=args.license,
+                  datasets=args.datasets,
                   base_model=args.base_model, repo_id=args.repo_id, space_id=space_id)
     files = ownership.listing(out)
     print(f"affectverse export: {len(files)} files ({human_size(sum(files.values()))}) in {out}")
