@@ -234,7 +234,8 @@ class AffectVerseGRPOConfig(GRPOConfig):
         "MER-UniBench emotion-wheel score, needs --emotion_wheel), accuracy (closed-set accuracy), answer_format "
         "(the trained answer form, ended), length_penalty (0 up to --length_budget tokens, down to -1).")})
     emotion_wheel: str | None = field(default=None, metadata={"help": (
-        "MER-UniBench's emotion_wheel/ folder (format.csv, synonym.xlsx, wheel1..5.xlsx) for the emotion_wheel reward.")})
+        "MER-UniBench's emotion_wheel/ folder (format.csv, synonym.xlsx, wheel1..5.xlsx) for the emotion_wheel "
+        "reward.")})
     wheel_level: int = field(default=1, metadata={"help": (
         "Wheel level the emotion_wheel reward matches at: 1 (MER-UniBench's clusters), 2 or 3 (finer rings).")})
     length_budget: int = field(default=32, metadata={"help": "Completion tokens the length penalty lets pass."})
@@ -251,7 +252,8 @@ class AffectVerseGRPOConfig(GRPOConfig):
     overwrite_output_dir: bool = field(default=False, metadata={"help": (
         "Start afresh in an --output_dir that holds another run (files there are overwritten, not deleted).")})
     export_merged: bool = field(default=True, metadata={"help": (
-        "After training, write the merged model and processor to --output_dir and LoRA + EWM to --output_dir/adapter.")})
+        "After training, write the merged model and processor to --output_dir and LoRA + EWM to "
+        "--output_dir/adapter.")})
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -264,8 +266,8 @@ class AffectVerseGRPOConfig(GRPOConfig):
         if self.imagination_weight < 0:
             raise ValueError(f"--imagination_weight {self.imagination_weight}: must be >= 0")
         if any(name == "emotion_wheel" for name, _ in parse_rewards(self.rewards)) and not self.emotion_wheel:
-            raise ValueError("--rewards emotion_wheel needs --emotion_wheel DIR (MER-UniBench's emotion_wheel/ folder); "
-                             "or leave emotion_wheel out of --rewards")
+            raise ValueError("--rewards emotion_wheel needs --emotion_wheel DIR (MER-UniBench's emotion_wheel/ "
+                             "folder); or leave emotion_wheel out of --rewards")
         super().__post_init__()
 
 
