@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from affectverse.training import preflight
+from affectverse.training.arguments import RECORD_DEFAULTS
 
 logger = logging.getLogger("train")
 
@@ -99,9 +100,9 @@ def check_output_dir(training_args, record: dict) -> str | None:
         raise ValueError(f"--output_dir {out} is not empty and holds no run_args.json (not a train.py run); choose "
                          "another folder or pass --overwrite_output_dir")
     old = json.loads(saved.read_text())
-    diffs = [f"{group}.{key}: {old.get(group, {}).get(key)!r} -> {value!r}"
-             for group, values in record.items() for key, value in values.items()
-             if old.get(group, {}).get(key) != value]
+    was = lambda group, key: old.get(group, {}).get(key, RECORD_DEFAULTS.get(key))  # noqa: E731
+    diffs = [f"{group}.{key}: {was(group, key)!r} -> {value!r}"
+             for group, values in record.items() for key, value in values.items() if was(group, key) != value]
     if diffs:
         raise ValueError(f"--output_dir {out} holds a different run ({'; '.join(diffs)}); choose another folder, "
                          "pass the same arguments to resume it, or --overwrite_output_dir")
