@@ -1,6 +1,6 @@
 """The ``affectverse`` command: one subcommand per job (``affectverse --help`` lists them).
 
-    affectverse train [ARGS]          (the same as python train.py ARGS)
+    affectverse train [ARGS]          (the same as python train.py ARGS; --method grpo for GRPO)
     affectverse evaluate --model MODEL (--data-root DIR --benchmarks ... | --manifest FILE) --out DIR ...
     affectverse score --benchmark NAME --labels FILE --predictions FILE ...
     affectverse report --run DIR
@@ -330,7 +330,8 @@ def demo(args) -> int:
 # ============================================================================================== main
 # Subcommands whose options are parsed by their job's own ``main(argv)`` (``affectverse NAME --help`` shows them).
 DELEGATED = {
-    "train": (training.main, "fine-tune with LoRA + the EWM (the same as python train.py)"),
+    "train": (training.main, "fine-tune with LoRA + the EWM (the same as python train.py; --method grpo: "
+                             "reinforcement fine-tuning on the emotion-wheel reward)"),
     "evaluate": (runner.main, "evaluate on MER-UniBench or a manifest: predictions, scores, the paper's tables"),
     "score": (score.main, "score a predictions file against MER-UniBench labels"),
     "report": (report.main, "redraw the tables and figures of an evaluation folder"),

@@ -266,11 +266,23 @@ def run_lines(run: dict) -> list[str]:
         return "not measured" if value is None else format(value, fmt)
 
     skipped = f"; {run['bad_samples']} bad samples left out by the pre-flight check" if run.get("bad_samples") else ""
+    grpo = run.get("method") == "grpo"
     lines = [f"Base model: {run.get('base')}",
              f"Data: {run.get('data') or 'not recorded'} ({run.get('train_samples')} training samples{skipped})",
-             f"Training: {run.get('steps')} optimizer steps ({run.get('epochs')} epochs), training loss "
-             f"{number(run.get('train_loss'))} (mean over the whole run)"]
-    if run.get("eval_split"):
+             f"Training{' (GRPO, rewards ' + str(run.get('rewards')) + ')' if grpo else ''}: {run.get('steps')} "
+             f"optimizer steps ({run.get('epochs')} epochs), training loss {number(run.get('train_loss'))} (mean over "
+             "the whole run)"]
+    if grpo:
+        curve, held = run.get("curve") or {}, run.get("held_out") or {}
+        if curve:
+            lines.append(f"Training reward (sampled answers): {number(curve.get('first_fifth'))} over the first fifth "
+                         f"of the steps, {number(curve.get('last_fifth'))} over the last fifth")
+        if held.get("before") or held.get("after"):
+            n = (held.get("after") or held.get("before")).get("n")
+            lines.append(f"Held-out reward (greedy answers, {n} samples): "
+                         f"{number((held.get('before') or {}).get('reward'))} before GRPO, "
+                         f"{number((held.get('after') or {}).get('reward'))} after")
+    if run.get("eval_split") and not grpo:
         lines.append(f"Held-out `{run['eval_split']}` split ({run.get('eval_samples')} samples): eval loss "
                      f"{number(run.get('eval_loss'))}")
     gen = run.get("generation")

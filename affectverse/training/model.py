@@ -97,20 +97,28 @@ def load_model(model_args, data_args, training_args, processor=None):
     return model, processor
 
 
-def add_lora(model, model_args):
-    """Wrap ``model`` with LoRA on ``lora_target_modules``; the EWM is trained in full through modules_to_save.
+def lora_config(model, model_args, train_ewm: bool = True) -> LoraConfig:
+    """LoRA on ``lora_target_modules``; with ``train_ewm`` the EWM is trained in full through modules_to_save.
 
     ``modules_to_save=["ewm"]`` rather than ``requires_grad_(True)``: peft then saves the EWM with the adapter
-    (every Trainer checkpoint and the ``adapter/`` export hold it, and resuming restores it), and
-    ``merge_and_unload`` puts the trained copy back in place.
+    (every Trainer checkpoint and the ``adapter/`` export hold it, and resuming restores it), ``merge_and_unload``
+    puts the trained copy back in place, and ``disable_adapter()`` gives back the original EWM (GRPO's reference).
     """
-    config = LoraConfig(
+    return LoraConfig(
         r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
         target_modules=model_args.lora_target_modules,
-        modules_to_save=["ewm"] if model.ewm is not None else None,
+        modules_to_save=["ewm"] if train_ewm and model.ewm is not None else None,
     )
-    model = get_peft_model(model, config)
-    for param in model.parameters():  # bf16 backbone: keep the optimised weights in fp32
+
+
+def keep_trainable_fp32(model):
+    """Cast the trainable parameters to fp32 in place (a bf16 backbone's LoRA and EWM copies are optimised in fp32)."""
+    for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
     return model
+
+
+def add_lora(model, model_args):
+    """Wrap ``model`` with LoRA and the trainable EWM (:func:`lora_config`); trainable weights in fp32."""
+    return keep_trainable_fp32(get_peft_model(model, lora_config(model, model_args)))

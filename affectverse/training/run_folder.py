@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from affectverse import checkpoint, hub, ownership
+from affectverse.training.arguments import RECORD_DEFAULTS
 
 logger = logging.getLogger("train")
 
@@ -60,6 +61,15 @@ def legacy_run(folder: Path) -> bool:
 def claim(out: Path) -> dict:
     """The run folder, created with its record (or its record added) right before the run's first write."""
     return ownership.claim_folder(out, KIND, legacy=legacy_run, option="--output_dir")
+
+
+def write_run_args(out: Path, record: dict, training_args, resume: str | None):
+    """The run's first own file, written once its model loaded: the folder claimed, an earlier run's outputs
+    removed with ``--overwrite_output_dir`` (:func:`start_afresh`), then ``run_args.json`` (atomically)."""
+    claim(out)
+    if training_args.overwrite_output_dir:  # what an earlier run wrote goes; anything else stays
+        start_afresh(out, keep=resume)
+    ownership.atomic_write(out / "run_args.json", json.dumps(record, indent=2) + "\n")
 
 
 def start_afresh(out: Path, keep: str | None = None) -> list[str]:
@@ -140,9 +150,9 @@ def check_output_dir(training_args, record: dict) -> str | None:
     except ValueError:
         raise ValueError(f"{saved}: not valid JSON; pass --overwrite_output_dir to start afresh, or choose another "
                          "folder") from None
-    diffs = [f"{group}.{key}: {old.get(group, {}).get(key)!r} -> {value!r}"
-             for group, values in record.items() for key, value in values.items()
-             if old.get(group, {}).get(key) != value]
+    was = lambda group, key: old.get(group, {}).get(key, RECORD_DEFAULTS.get(key))  # noqa: E731
+    diffs = [f"{group}.{key}: {was(group, key)!r} -> {value!r}"
+             for group, values in record.items() for key, value in values.items() if was(group, key) != value]
     if diffs:
         raise ValueError(f"--output_dir {out} holds a different run ({'; '.join(diffs)}); choose another folder, "
                          "pass the same arguments to resume it, or --overwrite_output_dir")
