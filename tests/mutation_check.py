@@ -9,15 +9,17 @@ Usage (from the repository root, with the project's environment)::
 
 Each list is a module-level ``MUTATIONS`` or ``*_MUTATIONS`` in ``tests/mutations_*.py``: dicts with ``name``,
 ``file`` (repository-relative), ``old`` (text that occurs exactly once in that file), ``new`` (what replaces it),
-``tests`` (pytest arguments, each item shlex-split: node ids, or e.g. ``"tests/test_x.py -k wheel"``) and,
-for a bug the tests are not meant to catch, ``reason`` (why it is not a bug). The tracked and untracked
-(not ignored) files are copied once to a temporary folder; the real tree is never edited. Per mutation the
-file is changed there, the covering tests run with ``PYTHONPATH`` on the copy, ``OMP_NUM_THREADS=1``, no
-bytecode written and ``../shared`` hidden (as on a user's clone; ``--shared DIR`` shows it), and the file is
-restored. Each distinct test selection first runs once unmutated: a selection that fails as it is cannot judge.
+``tests`` (pytest arguments, each item shlex-split: node ids, or e.g. ``"tests/test_x.py -k wheel"``; node ids
+run together, each item with options in a run of its own) and, for a change the tests need not catch,
+``reason`` (why it is not a bug). The tracked and untracked (not ignored) files are copied once to a temporary
+folder; the real tree is never edited. Per mutation the file is changed there, the covering tests run with
+``PYTHONPATH`` on the copy, ``OMP_NUM_THREADS=1``, no bytecode written and ``../shared`` hidden (as on a user's
+clone; ``--shared DIR`` shows it), and the file is restored. Each distinct selection first runs once unmutated:
+a selection that fails as it is cannot judge.
 
-Prints one line per mutation (killed / SURVIVED / survived with a reason / timeout / error) and a summary;
-exits 1 when a mutation survives without a reason or cannot be judged.
+Prints one line per mutation (killed / SURVIVED / survived with a reason / TIMEOUT / ERROR; a selection that
+picks no test counts as surviving) and a summary; exits 1 when a mutation survives without a reason, times out
+or cannot be judged.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import importlib.util
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,7 +100,7 @@ def run_tests(scratch: Path, tests: list[str], timeout: float, shared: str) -> t
     for args in pytest_runs(tests):
         try:
             done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args],
-                                  cwd=scratch, env=env, capture_output=True, text=True,
+                                  cwd=scratch, env=env, capture_output=True, text=True, check=False,
                                   timeout=max(1.0, timeout - (time.monotonic() - start)))
         except subprocess.TimeoutExpired:
             return "timeout", time.monotonic() - start, tail
@@ -113,7 +116,8 @@ def run_tests(scratch: Path, tests: list[str], timeout: float, shared: str) -> t
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="mutation names or shell patterns to run (default: all)")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds per pytest run (default 300)")
+    parser.add_argument("--timeout", type=float, default=300,
+                        help="seconds per mutation, all its pytest runs together (default 300)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--shared", default="none", help="../shared folder to show the tests (default: hidden)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of each selection")
@@ -132,6 +136,7 @@ def main(argv=None) -> int:
             print(f"{m['name']:<50} {m['file']:<40} {' '.join(m['tests'])}{note}")
         return 0
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still removes the scratch copy
     scratch = scratch_copy(ROOT)
     print(f"{len(mutations)} mutations; scratch copy {scratch}", flush=True)
     results: dict[str, list[str]] = {k: [] for k in ("killed", "survived", "explained", "timeout", "error")}
@@ -150,7 +155,15 @@ def main(argv=None) -> int:
                 continue
             path = scratch / m["file"]
             original = path.read_text()
-            path.write_text(original.replace(m["old"], m["new"], 1))
+            mutated = original.replace(m["old"], m["new"], 1)
+            if path.suffix == ".py":
+                try:
+                    compile(mutated, str(path), "exec")
+                except SyntaxError as err:  # a bug no test needs to catch: Python refuses it; fix the entry
+                    results["error"].append(m["name"])
+                    print(f"{'ERROR':<24} {m['name']}: the mutated file does not compile ({err})", flush=True)
+                    continue
+            path.write_text(mutated)
             try:
                 status, seconds, tail = run_tests(scratch, m["tests"], args.timeout, args.shared)
             finally:
