@@ -235,6 +235,13 @@ MUTATIONS = [
         "tests": [TRAJECTORY_ONE_BY_ONE],  # the trajectory without reuse is the engine's: the reference is not
     },
     {
+        "name": "engine_answer_drops_its_first_token",  # the new tokens start right after the prompt
+        "file": "affectverse/inference/engine.py",
+        "old": "new_tokens = tokens[:, batch[\"input_ids\"].shape[1]:]",
+        "new": "new_tokens = tokens[:, batch[\"input_ids\"].shape[1] + 1:]",
+        "tests": [TRAJECTORY],  # before issue 23 both sides of that test went through Engine.generate
+    },
+    {
         "name": "trajectory_audio_not_cut",  # a shared decode: each ratio keeps its share of the audio
         "file": "affectverse/inference/trajectory.py",
         "old": "s[\"audio\"] = wave_[: max(1, round(seconds * r * sr))]",
