@@ -184,18 +184,17 @@ MUTATIONS = [
         "tests": [STORE],
     },
     {
-        "name": "store_lock_not_exclusive",  # a second writer gets in
+        "name": "store_writer_takes_no_lock",  # a second writer gets in
         "file": "affectverse/inference/store.py",
-        "old": "fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)",
-        "new": "fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o644)",
+        "old": "        try:\n            self.lock.acquire()\n        except OwnershipError as err:",
+        "new": "        try:\n            pass\n        except OwnershipError as err:",
         "tests": [STORE],
     },
     {
         "name": "leftover_shards_not_merged_at_start",  # an interrupted sharded run's work is recomputed
         "file": "affectverse/inference/engine.py",
-        "old": "            for shard in shard_files(path):\n                with PredictionStore(shard, None, key_fields) "
-               "as leftover:\n                    store.merge(leftover)\n                shard.unlink()\n",
-        "new": "            for shard in []:\n                pass\n",
+        "old": "            leftovers = shard_files(path)\n",
+        "new": "            leftovers = []\n",
         "tests": [SHARD],
     },
     # ------------------------------------------------------------------------------------------------- engine
@@ -208,9 +207,9 @@ MUTATIONS = [
     },
     {
         "name": "fingerprint_reads_only_the_config",  # a retrained model would pass for the old one
-        "file": "affectverse/inference/engine.py",
-        "old": "for path in sorted(folder.glob(\"config.json\")) + sorted(folder.glob(\"*.safetensors\")):",
-        "new": "for path in sorted(folder.glob(\"config.json\")):",
+        "file": "affectverse/checkpoint.py",
+        "old": "return [folder / \"config.json\", *weight_files(folder)]",
+        "new": "return [folder / \"config.json\"]",
         "tests": [ENGINE],
     },
     {
