@@ -148,6 +148,8 @@ class EmotionRecognitionPipeline(Pipeline):
         """One result dict for one input, a list of them for a list; ``batch_size`` inputs per generate call."""
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
+        if not items:  # an empty list in, an empty list out (transformers' Pipeline would index its first item)
+            return []
         size = batch_size or self._batch_size or 1
         chunks = [items[i:i + size] for i in range(0, len(items), size)]  # each chunk is one padded batch
         results = super().__call__(chunks, batch_size=1, **kwargs)

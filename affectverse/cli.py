@@ -1,6 +1,6 @@
 """The ``affectverse`` command: one subcommand per job (``affectverse --help`` lists them).
 
-    affectverse train [ARGS]          (the same as python train.py ARGS)
+    affectverse train [ARGS]          (the same as python train.py ARGS; --method grpo for GRPO)
     affectverse evaluate --model MODEL (--data-root DIR --benchmarks ... | --manifest FILE) --out DIR ...
     affectverse score --benchmark NAME --labels FILE --predictions FILE ...
     affectverse report --run DIR
@@ -9,8 +9,10 @@
     affectverse predict MODEL CLIPS... --labels happy,sad,neutral [--trajectory [--ratios 0.1,...,1] --figure F.png]
     affectverse embed MODEL CLIPS... --out emb.safetensors (or .parquet)
     affectverse live MODEL SOURCE --labels a,b,c --out live.jsonl [--realtime] [--figure live.png]
-    affectverse export MODEL_OR_TRAIN_OUTPUT OUT_DIR [--eval-summary scores.json] [--max-shard-size 2GB] ...
-    affectverse push FOLDER REPO_ID [--private] [--revision REV] [--commit-message MSG] [--dry-run]
+    affectverse export MODEL_OR_TRAIN_OUTPUT OUT_DIR [--eval-summary scores.json] [--repo-id ID [--space]] ...
+    affectverse push FOLDER REPO_ID [--private] [--revision REV] [--commit-message MSG] [--dry-run] [--space]
+                     [--include-training-state]
+    affectverse demo MODEL [--host 127.0.0.1] [--port 7860] [--labels happy,sad,...] [--max-seconds 30]
 
 ``predict`` loads ``MODEL`` (a folder or a Hub id) with the project's own classes (the folder's Python files run
 only with ``--trust-remote-code``) and writes one JSON line per clip into a prediction store
@@ -18,7 +20,11 @@ only with ``--trust-remote-code``) and writes one JSON line per clip into a pred
 where an earlier run stopped, refuses to mix settings (``--new-run`` starts a fresh file beside it) and runs on
 several GPUs with ``accelerate launch -m affectverse predict ...``. ``export`` writes what a Hub model
 repository needs (sharded safetensors, config with ``auto_map``, processor and tokenizer files, the code files and
-a model card) and ``push`` uploads a folder; both are :mod:`affectverse.hub`.
+a model card) and ``push`` uploads what of a folder the model needs; both are :mod:`affectverse.hub`.
+
+Every subcommand that writes follows :mod:`affectverse.ownership`: it writes only what it owns, creates nothing
+before its fast checks passed (options, device, model, first batch) and replaces its own earlier output only with
+``--overwrite``. An error is one line naming the file or option (``--log-level DEBUG`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -34,24 +40,34 @@ import sys
 import time
 from pathlib import Path
 
+import transformers
+
+from affectverse import demo as demo_page
+from affectverse import ownership
 from affectverse.default import clips
 from affectverse.evaluation import report, runner
-from affectverse.hub import BASE_MODEL, export_for_hub, human_size, push_folder, upload_plan
+from affectverse.hub import BASE_MODEL, SPACE_FOLDER, export_folder, human_size, push_folder, write_space
 from affectverse.inference.embed import FORMATS as EMBED_FORMATS
 from affectverse.inference.embed import KINDS, EmbedEngine, gather, store_path, write_part
+from affectverse.inference.embed import REMEDY as EMBED_REMEDY
+from affectverse.inference.embed import Outputs as EmbedOutputs
 from affectverse.inference.engine import (
     MODALITIES,
     Engine,
+    NonFiniteError,
     Processes,
     Setting,
     checkpoint_record,
     load_model,
+    parse_labels,
     predict_to_store,
     resolve_device,
 )
 from affectverse.inference.live import DEFAULT_WINDOW_SECONDS, Event, live, parse_source
 from affectverse.inference.store import fresh_path
-from affectverse.inference.trajectory import TrajectoryEngine, parse_ratios, plot_trajectories
+from affectverse.ownership import Lock
+from affectverse.inference.trajectory import TrajectoryEngine, is_figure, parse_ratios, plot_trajectories
+from affectverse.options import non_negative_int, non_negative_number, positive_int, positive_number
 from affectverse.scoring import score
 from affectverse.scoring.scores import sentiment_from_labels
 from affectverse.training import run as training
@@ -120,8 +136,6 @@ def _file_hash(path) -> str | None:
 
 
 def predict(args) -> int:
-    if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_workers < 0:
-        raise ValueError("--batch-size and --max-new-tokens must be at least 1, --num-workers at least 0")
     procs = Processes()
     clips, out = find_clips(args.clips), Path(args.out)
     if args.new_run:  # the main process's choice holds for every process
@@ -133,6 +147,8 @@ def predict(args) -> int:
     ratios = parse_ratios(args.ratios) if args.trajectory else (1.0,)
     if args.figure and not (args.trajectory and labels):
         raise ValueError("--figure draws label scores over the observed fraction: it needs --trajectory and --labels")
+    if args.figure:  # a file of someone else's named --figure is refused before anything runs
+        ownership.check_file(args.figure, is_figure, "predict --figure", option="--figure")
     device, dtype = resolve_device(args.device, args.dtype)
     record = {"model": checkpoint_record(args.model), "dtype": str(dtype).replace("torch.", ""),
               "generation": {"max_new_tokens": args.max_new_tokens, "do_sample": False},
@@ -173,7 +189,7 @@ def predict(args) -> int:
                     r = store.records.get((setting.id, row["name"]))
                     if r is not None and r["status"] == "ok":
                         curves.setdefault(row["name"], []).append(r)
-            print(f"affectverse predict: figure {plot_trajectories(curves, args.figure, labels)}")
+            print(f"affectverse predict: figure {plot_trajectories(curves, args.figure, labels, source=out)}")
     return 0
 
 
@@ -182,16 +198,6 @@ def clip_rows(clips, args) -> list[dict]:
     subtitles = read_subtitles(args.subtitle_file, args.subtitle_column) if args.subtitle_file else {}
     return [{"name": str(clip), "video": str(clip), "audio": "", "subtitle": subtitles.get(clip.stem, "")}
             for clip in clips]
-
-
-def parse_labels(text: str | None) -> list[str] | None:
-    """``"happy, sad,neutral"`` -> ["happy", "sad", "neutral"]; None stays None."""
-    if text is None:
-        return None
-    labels = [label.strip() for label in text.split(",") if label.strip()]
-    if not labels or len(set(labels)) != len(labels):
-        raise ValueError(f"--labels {text!r}: a comma-separated list of distinct labels")
-    return labels
 
 
 # ============================================================================================== embed
@@ -209,12 +215,17 @@ def embed(args) -> int:
     device, dtype = resolve_device(args.device, args.dtype)
     record = {"model": checkpoint_record(args.model), "dtype": str(dtype).replace("torch.", ""), "embed": list(KINDS),
               "subtitles": {"sha256": _file_hash(args.subtitle_file), "column": args.subtitle_column}}
+    outputs = EmbedOutputs(out, record, args.overwrite) if procs.main else None  # foreign or other run: refused
+    started: list[bool] = []
 
     def make_engine():
         model, processor = load_model(args.model, device, dtype, args.trust_remote_code)
         return EmbedEngine(model, processor, 1, args.batch_size, args.num_workers)
 
     def records(setting, rows, results):
+        if not started and procs.main:  # the first batch went through: the earlier outputs (--overwrite) go
+            outputs.begin()
+            started.append(True)
         ok = [(row, r) for row, r in zip(rows, results) if r["status"] == "ok"]
         part = write_part(out, [Path(row["name"]).stem for row, _ in ok], [r["vectors"] for _, r in ok]) if ok else None
         found, index = [], 0
@@ -228,16 +239,29 @@ def embed(args) -> int:
             found.append(rec)
         return found
 
-    _, store, n_run = predict_to_store(store_path(out), record, args.model, ("path",), [(setting, r) for r in rows],
-                                       lambda row: (row["name"],), make_engine, records,
-                                       retry_errors=args.retry_errors, desc="embedding")
+    if outputs is not None:
+        outputs.set_aside()
+    try:
+        _, store, n_run = predict_to_store(store_path(out), record, args.model, ("path",), [(setting, r) for r in rows],
+                                           lambda row: (row["name"],), make_engine, records,
+                                           retry_errors=args.retry_errors, desc="embedding",
+                                           remedy=EMBED_REMEDY)
+    except BaseException:
+        if outputs is not None:
+            outputs.restore()  # nothing was written: the earlier outputs stay as they were
+        raise
     if procs.main:
-        wanted = [store.records.get((setting.id, row["name"])) for row in rows]
-        done = [r for r in wanted if r is not None]
-        gather(out, done)
+        if outputs.aside:  # nothing to compute (no clips): the earlier outputs are replaced all the same
+            outputs.begin()
+        done = [r for key, r in store.records.items() if key[0] == setting.id]  # this command's and earlier ones'
+        ours = {row["name"] for row in rows}
+        with Lock(store_path(out)):
+            gather(out, done, record, list(store.records.values()))
         errors = sum(r["status"] == "error" for r in done)
+        mine = [r for r in done if r["path"] in ours]
         print(f"affectverse embed: {len(done) - errors} clips in {out}, {errors} errors ({n_run} computed now, "
-              f"{len(done) - n_run} from {store_path(out)})")
+              f"{len(mine) - n_run} of this command's from {store_path(out)}, {len(done) - len(mine)} from earlier "
+              "commands)")
     return 0
 
 
@@ -318,8 +342,8 @@ def live_command(args) -> int:
                          "start)")
     if args.figure and not labels:
         raise ValueError("--figure draws label scores over time: it needs --labels")
-    if args.window < 0 or args.max_new_tokens < 0:
-        raise ValueError("--window and --max-new-tokens must be 0 or more")
+    if args.figure:  # a file of someone else's named --figure is refused before anything runs
+        ownership.check_file(args.figure, is_figure, "live --figure", option="--figure")
     parse_source(args.source)  # a bad SOURCE or option is named before the model loads
     parse_options(args.source_option)
     device, dtype = resolve_device(args.device, args.dtype)
@@ -352,7 +376,8 @@ def live_command(args) -> int:
              "s/update)" if records else ""))
     if args.figure and records:
         name = args.source if len(args.source) <= 60 else args.source[:57] + "..."
-        print(f"affectverse live: figure {plot_trajectories({name: records}, args.figure, labels, x='seconds')}")
+        figure = plot_trajectories({name: records}, args.figure, labels, source=out, x="seconds")
+        print(f"affectverse live: figure {figure}")
     return 0
 
 
@@ -361,38 +386,72 @@ def export(args) -> int:
     source, out = Path(args.model), Path(args.out_dir)
     if source.exists() and out.exists() and source.resolve() == out.resolve():
         raise ValueError("OUT_DIR must differ from the source folder")
-    if source.is_dir() and not (source / "config.json").is_file():
-        hint = " (a train.py run without --export_merged: its adapter/ holds only LoRA + EWM)" \
-            if (source / "adapter").is_dir() else ""
-        raise ValueError(f"{source} holds no config.json{hint}")
+    if args.space is not None and not args.repo_id:
+        raise ValueError("--space needs --repo-id: the Hub id of the model the Space loads")
+    space_id = (args.space or f"{args.repo_id}-demo") if args.space is not None else None
+    record = ownership.check_folder(out, "export", option="OUT_DIR")  # a folder of someone else's: refused now
+    if record is not None and not args.overwrite:
+        raise ownership.OwnershipError(f"OUT_DIR {out} holds an earlier affectverse export; pass --overwrite to "
+                                       "replace it (everything it wrote goes), or choose another folder")
     model, processor = load_model(args.model, "cpu", "auto", args.trust_remote_code)
     run_args = source / "run_args.json"
-    training_args = json.loads(run_args.read_text()) if run_args.is_file() else None
-    export_for_hub(model, processor, out, args.eval_summary, training_args, args.max_shard_size,
-                   license=args.license, datasets=args.datasets, base_model=args.base_model, repo_id=args.repo_id)
-    files = upload_plan(out)
-    print(f"affectverse export: {len(files)} files ({human_size(sum(s for _, s in files))}) in {out}")
+    try:
+        training_args = json.loads(run_args.read_text()) if run_args.is_file() else None
+    except ValueError as err:
+        raise ValueError(f"{run_args}: not valid JSON ({err})") from None
+    labels = demo_page.trained_labels(args.model) if space_id else None
+
+    def space(tmp):  # the demo Space goes into the same folder, written (and replaced) with it
+        write_space(tmp, args.repo_id, labels, args.space_requirement, model.num_parameters(), args.license)
+
+    export_folder(model, processor, out, args.eval_summary, training_args, args.max_shard_size,
+                  overwrite=args.overwrite, then=space if space_id else None, license=args.license,
+                  datasets=args.datasets,
+                  base_model=args.base_model, repo_id=args.repo_id, space_id=space_id)
+    files = ownership.listing(out)
+    print(f"affectverse export: {len(files)} files ({human_size(sum(files.values()))}) in {out}")
+    if space_id:
+        folder = out / SPACE_FOLDER
+        print(f"affectverse export: the demo Space in {folder} (affectverse push {folder} {space_id} --space)")
     return 0
 
 
 # ============================================================================================== push
 def push(args) -> int:
-    result = push_folder(args.folder, args.repo_id, args.private or None, args.revision, args.commit_message,
-                         args.dry_run)
+    info, uploaded, skipped = push_folder(args.folder, args.repo_id, args.private or None, args.revision,
+                                          args.commit_message, args.dry_run, args.include_training_state, args.space)
+    total = human_size(sum(size for _, size in uploaded))
     if args.dry_run:
-        for path, size in result:
+        for path, size in uploaded:
             print(f"{size:>14,d}  {path}")
-        total = sum(size for _, size in result)
-        print(f"affectverse push --dry-run: {len(result)} files ({human_size(total)}) would go to {args.repo_id}")
+        for path, size, why in skipped:
+            print(f"{'skipped':>14}  {path} ({human_size(size)}): {why}")
+        print(f"affectverse push --dry-run: {len(uploaded)} files ({total}) would go to {args.repo_id}; "
+              f"{len(skipped)} skipped")
     else:
-        print(f"affectverse push: uploaded {args.folder} to {args.repo_id} ({getattr(result, 'commit_url', result)})")
+        print(f"affectverse push: uploaded {len(uploaded)} files ({total}) of {args.folder} to {args.repo_id} "
+              f"({getattr(info, 'commit_url', info)}); {len(skipped)} skipped (--dry-run lists them)")
+    return 0
+
+
+# ============================================================================================== demo
+def demo(args) -> int:
+    problem = demo_page.gradio_missing()
+    if problem:
+        raise ValueError(f"affectverse demo: {problem}")
+    page = demo_page.build_demo(args.model, parse_labels(args.labels), device=args.device,
+                                dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                                max_seconds=args.max_seconds, ratios=args.ratios, max_new_tokens=args.max_new_tokens)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to the page, one line each
+    demo_page.launch(page, args.host, args.port)
     return 0
 
 
 # ============================================================================================== main
 # Subcommands whose options are parsed by their job's own ``main(argv)`` (``affectverse NAME --help`` shows them).
 DELEGATED = {
-    "train": (training.main, "fine-tune with LoRA + the EWM (the same as python train.py)"),
+    "train": (training.main, "fine-tune with LoRA + the EWM (the same as python train.py; --method grpo: "
+                             "reinforcement fine-tuning on the emotion-wheel reward)"),
     "evaluate": (runner.main, "evaluate on MER-UniBench or a manifest: predictions, scores, the paper's tables"),
     "score": (score.main, "score a predictions file against MER-UniBench labels"),
     "report": (report.main, "redraw the tables and figures of an evaluation folder"),
@@ -402,7 +461,9 @@ DELEGATED = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affectverse", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                        help="logging level (default INFO); DEBUG also shows the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
@@ -411,11 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder or Hub id (the project's classes load it)")
     p.add_argument("clips", nargs="+", help="video files or folders (searched recursively for "
                                             f"{'/'.join(VIDEO_EXTENSIONS)})")
-    p.add_argument("--out", default="preds.jsonl", help="JSON-lines output; clips already in it are skipped")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out", default="preds.jsonl", help="JSON-lines output; clips already in it are skipped (a file "
+                                                        "predict did not write is refused)")
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--sentiment", action="store_true", help="add positive/negative/neutral from the labels")
     p.add_argument("--explain", action="store_true", help="add the belief tokens' attention share on video vs audio "
                                                            "(one more forward pass per batch)")
@@ -425,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subtitle-column", help="subtitle column of --subtitle-file (default: first of "
                                              f"{', '.join(SUBTITLE_COLUMNS)})")
     p.add_argument("--retry-errors", action="store_true", help="run clips recorded as errors again")
-    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding media ahead of the model")
+    p.add_argument("--num-workers", type=non_negative_int, default=2,
+                   help="DataLoader workers decoding media ahead of the model")
     p.add_argument("--new-run", action="store_true", help="start a fresh file beside --out (preds-2.jsonl, ...) "
                                                           "instead of resuming it")
     p.add_argument("--labels", help="comma-separated closed label set: add each label's probability as the answer "
@@ -443,15 +506,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder or Hub id (the project's classes load it)")
     p.add_argument("clips", nargs="+", help="video files or folders")
     p.add_argument("--out", required=True, help="FILE.safetensors or FILE.parquet; FILE.jsonl records progress "
-                                                "(a rerun resumes) and FILE.parts/ holds the batches")
-    p.add_argument("--batch-size", type=int, default=4)
+                                                "(a rerun resumes, and FILE gathers every clip of the run) and "
+                                                "FILE.parts/ holds the batches")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier embed output of other settings "
+                                                            "(FILE, FILE.jsonl, FILE.parts/)")
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--audio", choices=["video", "none"], default="video")
     p.add_argument("--subtitle-file", help="CSV with a name column and subtitles (see read_subtitles)")
     p.add_argument("--subtitle-column")
     p.add_argument("--retry-errors", action="store_true", help="run clips recorded as errors again")
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--num-workers", type=non_negative_int, default=2)
     p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
     p.set_defaults(func=embed)
 
@@ -470,15 +536,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=["avt", "vt", "at"], default="avt",
                    help="avt: video and audio (default); vt: video only; at: audio only")
     p.add_argument("--subtitle", help="the transcript shown to the model with every reading")
-    p.add_argument("--window", type=float, default=DEFAULT_WINDOW_SECONDS,
+    p.add_argument("--window", type=non_negative_number, default=DEFAULT_WINDOW_SECONDS,
                    help=f"seconds a reading sees at most (default {DEFAULT_WINDOW_SECONDS:g}; flat memory and cost); "
                         "0: the whole stream")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="free-text answer budget (0: label scores only)")
-    p.add_argument("--stall-timeout", type=float, default=5.0, help="report a stall after this many seconds "
-                                                                    "without media")
-    p.add_argument("--give-up", type=float, default=60.0, help="end the stream after this many seconds without "
-                                                               "data")
-    p.add_argument("--max-seconds", type=float, help="stop after this much stream time")
+    p.add_argument("--max-new-tokens", type=non_negative_int, default=16,
+                   help="free-text answer budget (0: label scores only)")
+    p.add_argument("--stall-timeout", type=positive_number, default=5.0,
+                   help="report a stall after this many seconds without media")
+    p.add_argument("--give-up", type=positive_number, default=60.0,
+                   help="end the stream after this many seconds without data")
+    p.add_argument("--max-seconds", type=positive_number, help="stop after this much stream time")
     p.add_argument("--source-option", action="append", metavar="KEY=VALUE",
                    help="an FFmpeg input option, repeatable (video_size=640x480, framerate=30, rtsp_transport=tcp)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -488,46 +555,90 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="write a Hub-ready folder (weights, code, processor, model card)")
     p.add_argument("model", metavar="MODEL_OR_TRAIN_OUTPUT", help="model folder (a train.py output folder works)")
-    p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--eval-summary", help="MER-UniBench scores for the model-index: affectverse.evaluation.runner's scores.json or "
-                                          "affectverse.scoring.score reports")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty folder (or an earlier export, with --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export in OUT_DIR (nothing of it stays)")
+    p.add_argument("--eval-summary", help="MER-UniBench scores for the model-index: affectverse evaluate's "
+                                          "scores.json or affectverse score reports")
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--license", default="apache-2.0")
     p.add_argument("--datasets", nargs="+", help="training datasets for the card metadata")
     p.add_argument("--base-model", default=BASE_MODEL)
     p.add_argument("--repo-id", help="Hub id shown in the card's usage snippet")
+    p.add_argument("--space", nargs="?", const="", metavar="SPACE_ID",
+                   help="also write OUT_DIR/space/, a Hugging Face Space running `affectverse demo` on --repo-id "
+                        "(app.py, requirements.txt, README.md with the Space metadata), and link it from the model "
+                        "card; SPACE_ID defaults to REPO_ID-demo")
+    p.add_argument("--space-requirement", help="the Space's requirements.txt line for this package (default: "
+                                               "affectverse[demo]==<this version>; a git URL works too)")
     p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
     p.set_defaults(func=export)
 
-    p = commands.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
-    p.add_argument("folder", metavar="FOLDER")
+    p = commands.add_parser("push", help="upload what a model folder's model needs to the Hugging Face Hub")
+    p.add_argument("folder", metavar="FOLDER", help="an export folder or a train.py output folder: only the files "
+                                                    "from_pretrained, the processor, the code and the card read go")
     p.add_argument("repo_id", metavar="REPO_ID")
     p.add_argument("--private", action="store_true", help="create the repository private (if it is created)")
     p.add_argument("--revision", help="branch to upload to (created if missing)")
     p.add_argument("--commit-message")
-    p.add_argument("--dry-run", action="store_true", help="list the files and sizes that would go up; no network")
+    p.add_argument("--dry-run", action="store_true", help="list the files that would go up and those skipped (with "
+                                                          "why); no network")
+    p.add_argument("--include-training-state", action="store_true",
+                   help="also upload a train.py run's checkpoints (optimizer, RNG and scheduler states: pickles), "
+                        "adapter/ and run records")
+    p.add_argument("--space", action="store_true", help="REPO_ID is a gradio Space (FOLDER: export --space's "
+                                                         "OUT_DIR/space)")
     p.set_defaults(func=push)
+
+    p = commands.add_parser("demo", help="a Gradio page for MODEL: a Clip tab and a Live tab (webcam, microphone)")
+    p.add_argument("model", help="model folder or Hub id (the project's classes load it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--labels", help="the page's default label set (default: the model's trained labels when its "
+                                    f"folder records them, else {','.join(demo_page.DEFAULT_LABELS)})")
+    p.add_argument("--max-seconds", type=positive_number, default=demo_page.MAX_SECONDS,
+                   help="longest clip the page reads")
+    p.add_argument("--ratios", default=None, help="the Clip tab's observation ratios (default 0.1,0.2,...,1.0)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=demo_page.MAX_NEW_TOKENS)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="load MODEL with its own Python code")
+    p.set_defaults(func=demo)
     return parser
+
+
+def run_job(job, argv, debug: bool = False) -> int:
+    """``job(argv)`` with its errors as one line naming what failed (the traceback only with ``debug``);
+    ``python train.py`` runs through here too."""
+    try:
+        status = job(argv)
+    except KeyboardInterrupt:
+        logger.error("interrupted; rerun the same command to resume")
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error ends as one line (and the traceback at DEBUG)
+        expected = isinstance(err, (ValueError, OSError, NonFiniteError))  # ours: named and explained
+        message = str(err) if expected else f"{type(err).__name__}: {err} (unexpected: --log-level DEBUG shows where)"
+        if isinstance(err, OSError) and err.strerror and err.filename is None and err.errno:
+            message = err.strerror  # our own OSErrors name the file in their text: no "[Errno N]" prefix
+        if debug:
+            logger.exception("%s", message)
+        else:
+            logger.error("%s", message)
+        return 2
+    return status if isinstance(status, int) else 0  # train returns its results
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=args.log_level)
+    transformers.utils.logging.set_verbosity_warning()
+    debug = args.log_level == "DEBUG"
     if args.command in DELEGATED:  # its own parser reads the rest of the command line
-        status = DELEGATED[args.command][0](rest)
-        return status if isinstance(status, int) else 0  # train returns its results
+        return run_job(DELEGATED[args.command][0], rest, debug)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=args.log_level.upper())
-    if args.command != "push":
-        import transformers
-
-        transformers.utils.logging.set_verbosity_warning()
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError) as err:  # StoreError is a ValueError
-        logger.error("%s", err)
-        return 2
+    return run_job(lambda _: args.func(args), None, debug)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # transformers/evaluate copy remote code into HF_MODULES_CACHE (read at import): keep it writable, per run.
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="hf_modules_"))
+# the model-identity hash cache (affectverse.checkpoint.cache_dir): per run, not the user's ~/.cache
+os.environ.setdefault("AFFECTVERSE_CACHE", tempfile.mkdtemp(prefix="affectverse_cache_"))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from affectverse.default.tiny import tiny_config, tiny_processor
+from affectverse.default.wheel import write_mini_wheel  # noqa: F401 (the tests' hand-made wheel)
 from benchmarks.synthetic import PATCH_DIM, audio_tokens, build_batch, build_sample, tiny, tiny_full_omni  # noqa: F401
 from modeling_affectverse import AffectVerseForConditionalGeneration
 
@@ -40,24 +41,35 @@ def save_tiny_model(folder: Path):
     return model
 
 
-def write_mini_wheel(folder: Path) -> Path:
-    """A hand-made emotion-wheel folder in the MER-UniBench layout (``format.csv``, ``synonym.xlsx``,
-    ``wheel1..5.xlsx``): happy/joy, sad, angry, surprise in wheels 1-4; wheel 5 lacks surprise; neutral maps to
-    nothing. Tests of the scorers' arithmetic use it where ``../shared`` (the real wheel) is absent."""
+def write_rules_wheel(folder: Path) -> Path:
+    """The hand-made wheel (``write_mini_wheel``, every word of it mapped as there) plus words that exercise each rule
+    of ``affectverse.scoring.wheel``, so that the rules are tested without ``../shared`` (tests/test_scoring.py):
+
+    - "cheerfully" -> its base form "cheerful" -> (synonym run 3 only) "joy", a level-2 word of happy;
+    - "gleefully" -> "gleeful" -> (run 6 only) "joyful", a level-3 word under happy > joy;
+    - "bittersweet" -> the candidates joy (run 3) and sad (run 6): the alphabetically first, joy, decides;
+    - "peacefully" -> "peaceful" -> (run 6) "tranquil", a level-3 word of a new tree calm > relaxed whose level1
+      and level2 cells are merged over two rows (empty below the first).
+    """
     import pandas as pd
 
-    folder.mkdir(parents=True, exist_ok=True)
-    forms = {"happy": "[happiness, happily]", "joy": "[joyful]", "sad": "[sadness]", "angry": "[anger, mad]",
-             "surprise": "[surprised]", "neutral": "[]"}
-    pd.DataFrame({"name": list(forms), "format": list(forms.values())}).to_csv(folder / "format.csv", index=False)
-    synonyms = {"happy": "[joy, joyful]", "sad": "[sadness]", "angry": "[anger, mad]", "surprise": "[surprised]"}
-    runs = {}
+    write_mini_wheel(folder)
+    forms = pd.read_csv(folder / "format.csv")
+    extra_forms = {"cheerful": "[cheerfully]", "gleeful": "[gleefully]", "bittersweet": "[]", "peaceful": "[peacefully]"}
+    pd.concat([forms, pd.DataFrame({"name": list(extra_forms), "format": list(extra_forms.values())})]).to_csv(
+        folder / "format.csv", index=False)
+    runs = pd.read_excel(folder / "synonym.xlsx", engine="openpyxl")
+    extra = {3: [("joy", "[cheerful, bittersweet]")],
+             6: [("joyful", "[gleeful]"), ("sad", "[bittersweet]"), ("tranquil", "[peaceful]")]}
+    width = max(len(rows) for rows in extra.values())
+    pad = (runs["word_run1"][0], runs["synonym_run1"][0])  # a row every run already has: changes nothing
+    added = {}
     for r in range(1, 9):
-        runs[f"word_run{r}"], runs[f"synonym_run{r}"] = list(synonyms), list(synonyms.values())
-    pd.DataFrame(runs).to_excel(folder / "synonym.xlsx", index=False)
-    tree = [("happy", "joy", "joyful"), ("sad", "sad", "sad"), ("angry", "angry", "mad"),
-            ("surprise", "surprise", "surprised")]
-    for w in range(1, 6):
-        rows = [t for t in tree if w < 5 or t[0] != "surprise"]
-        pd.DataFrame(rows, columns=["level1", "level2", "level3"]).to_excel(folder / f"wheel{w}.xlsx", index=False)
+        rows = extra.get(r, []) + [pad] * (width - len(extra.get(r, [])))
+        added[f"word_run{r}"], added[f"synonym_run{r}"] = [w for w, _ in rows], [s for _, s in rows]
+    pd.concat([runs, pd.DataFrame(added)]).to_excel(folder / "synonym.xlsx", index=False)
+    for wheel in sorted(folder.glob("wheel*.xlsx")):
+        tree = pd.read_excel(wheel, engine="openpyxl")
+        calm = pd.DataFrame([("calm", "relaxed", "serene"), (None, None, "tranquil")], columns=list(tree.columns))
+        pd.concat([tree, calm]).to_excel(wheel, index=False)
     return folder

@@ -17,7 +17,7 @@ import torch
 import yaml
 from huggingface_hub import ModelCard
 
-from affectverse import cli, hub
+from affectverse import cli, hub, ownership
 from affectverse.default.clips import generate_clips, write_bad_media
 from affectverse.default.tiny import tiny_config, tiny_processor
 from affectverse.inference.engine import Engine, modality_row
@@ -360,8 +360,11 @@ def test_push_dry_run_lists_files_and_calls_nothing(exported, capsys):
     with mock.patch.object(hub, "HfApi", side_effect=AssertionError("a dry run must not reach the Hub")):
         assert cli.main(["push", str(exported), "me/affectverse", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    listed = {line.split()[-1]: int(line.split()[0].replace(",", "")) for line in lines[:-1]}
-    assert listed == {p.name: p.stat().st_size for p in exported.iterdir()}
+    listed = {line.split()[-1]: int(line.split()[0].replace(",", "")) for line in lines[:-1]
+              if line.split()[0] != "skipped"}
+    skipped = [line.split()[1] for line in lines[:-1] if line.split()[0] == "skipped"]
+    assert listed == {p.name: p.stat().st_size for p in exported.iterdir() if p.name != ownership.RECORD}
+    assert skipped == [ownership.RECORD]  # the folder's own record stays local
     assert lines[-1].startswith(f"affectverse push --dry-run: {len(listed)} files")
 
 
@@ -373,7 +376,8 @@ def test_push_creates_the_repo_then_uploads(exported):
         mock.call.create_repo("me/affectverse", private=True, exist_ok=True, repo_type="model"),
         mock.call.create_branch("me/affectverse", branch="v1", exist_ok=True, repo_type="model"),
         mock.call.upload_folder(repo_id="me/affectverse", folder_path=str(exported), repo_type="model",
-                                revision="v1", commit_message="first", ignore_patterns=hub.UPLOAD_IGNORE),
+                                revision="v1", commit_message="first",
+                                allow_patterns=sorted(p.name for p in exported.iterdir() if p.name != ownership.RECORD)),
     ]
     with mock.patch.object(hub, "HfApi") as hf_api:
         cli.main(["push", str(exported), "me/affectverse"])

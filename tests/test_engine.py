@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,21 @@ def test_store_header_settings_and_resume(tmp_path):
         assert not s.done((Setting(MODALITIES["vt"]).id, "a"))
 
 
+def test_store_keeps_each_setting_apart(tmp_path):
+    """Table 2's keep ratios and Table 1's modalities of one clip are separate predictions: each setting declared
+    once with its own keep ratio, no record of one setting standing for another."""
+    half, vt = Setting(MODALITIES["avt"], 0.5), Setting(MODALITIES["vt"])
+    with store(tmp_path / "p.jsonl") as s:
+        s.append([record("a", status="error")], [AVT.record()])
+        s.append([record("a", half), record("a", vt)], [half.record(), vt.record()])
+    with store(tmp_path / "p.jsonl") as s:
+        assert {sid: x["keep_ratio"] for sid, x in s.settings.items()} == {"avt-k1": 1.0, "avt-k0.5": 0.5,
+                                                                            "vt-k1": 1.0}
+        assert {k: r["status"] for k, r in s.records.items()} == {("avt-k1", "a"): "error",
+                                                                   ("avt-k0.5", "a"): "ok", ("vt-k1", "a"): "ok"}
+        assert not s.done((AVT.id, "a"), retry_errors=True) and s.done((half.id, "a"), retry_errors=True)
+
+
 def test_store_other_settings_name_each_difference(tmp_path):
     path = tmp_path / "p.jsonl"
     store(path).close()
@@ -93,7 +109,9 @@ def test_store_refuses_another_kind_of_file(tmp_path, content):
     assert path.read_text() == content and not (tmp_path / "p.jsonl.lock").exists()
 
 
-def test_store_lock_refuses_a_second_writer_and_takes_over_a_stale_lock(tmp_path, caplog):
+def test_store_lock_refuses_a_second_writer_and_a_dead_writers_lock_holds_nothing(tmp_path):
+    """The lock is the kernel's (flock): a second writer is refused while the first lives; a lock file left by a
+    dead writer (here in the old "pid host" form) holds nothing, so there is no stale lock to take over."""
     path = tmp_path / "p.jsonl"
     first = store(path)
     with pytest.raises(StoreError, match=rf"being written by another process \(pid {os.getpid()}"):
@@ -102,10 +120,9 @@ def test_store_lock_refuses_a_second_writer_and_takes_over_a_stale_lock(tmp_path
     first.close()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / "p.jsonl.lock").write_text(f"{dead.pid} {store_module.socket.gethostname()}\n")
-    with caplog.at_level(logging.WARNING), store(path):
-        assert "stale lock" in caplog.text
-    assert not (tmp_path / "p.jsonl.lock").exists()
+    (tmp_path / "p.jsonl.lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
+    with store(path) as again:
+        assert again.lock.held
 
 
 def test_merge_takes_shard_records(tmp_path):
@@ -121,6 +138,51 @@ def test_merge_takes_shard_records(tmp_path):
         assert {k: r["status"] for k, r in s.records.items()} == {("avt-k1", "a"): "ok", ("avt-k1", "b"): "ok"}
 
 
+def test_merge_keeps_an_ok_record_over_a_shards_error(tmp_path):
+    """The last record of a key wins when a store is read: a shard's error must not be appended over an ok one."""
+    with store(tmp_path / "p.jsonl") as main, store(tmp_path / "s.jsonl") as shard:
+        main.append([record("a"), record("b", status="error")], [AVT.record()])
+        shard.append([record("a", status="error"), record("b", status="error"), record("c", status="error")],
+                     [AVT.record()])
+        main.merge(shard)
+    with store(tmp_path / "p.jsonl") as s:
+        assert {k[1]: r["status"] for k, r in s.records.items()} == {"a": "ok", "b": "error", "c": "error"}
+        assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2 + 2 + 1  # header, setting, a, b, then c
+
+
+def test_merge_refuses_a_shard_of_another_run(tmp_path):
+    """A shard left by a run of another model (or settings) is refused by the merge and by the next run's start,
+    which loads no model; the store and the shard stay as they were."""
+    path = tmp_path / "p.jsonl"
+    with store(path) as main:
+        main.append([record("a")], [AVT.record()])
+    shard = store_module.shard_path(path, 1, 2)
+    with store(shard, {"model": {"fingerprint": "def"}, "generation": {"max_new_tokens": 4}}) as other:
+        other.append([record("b")], [AVT.record()])
+    before = path.read_bytes(), shard.read_bytes()
+    with store(path) as main, store(shard, None) as other, pytest.raises(StoreError, match="a shard of another run"):
+        main.merge(other)
+    assert (path.read_bytes(), shard.read_bytes()) == before
+
+    def never():
+        raise AssertionError("a model was loaded")
+
+    with pytest.raises(StoreError, match=r"p\.shard1of2\.jsonl: a shard of another run"):
+        engine.predict_to_store(path, RUN, "model", ("name",), [(AVT, {"name": "b"})], lambda row: (row["name"],),
+                                never, lambda setting, rows, results: [])
+    assert (path.read_bytes(), shard.read_bytes()) == before
+    with store(path):  # the refused start let go of its (kernel) lock: the next writer gets the file
+        pass
+
+
+def test_store_refuses_another_format_version(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"format": store_module.FORMAT, "version": 2, "run": RUN}) + "\n")
+    with pytest.raises(StoreError, match="predictions format version 2; this code reads version 1"):
+        store(path)
+    assert not (tmp_path / "p.jsonl.lock").exists()
+
+
 # ================================================================================================= engine
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -132,6 +194,19 @@ def tiny(tmp_path_factory):
     rows = [{"name": str(c), "video": str(c), "audio": ""} for c in clips]
     rows.insert(1, {"name": "broken", "video": str(bad["corrupt"]), "audio": ""})
     return model, tiny_processor(), rows, root
+
+
+def test_each_modality_setting_decodes_only_its_media(tiny):
+    """Table 1's settings: A+V+T decodes frames and the clip's audio track, V+T the frames alone, A+T the track
+    alone; the prompt then holds only that setting's placeholders."""
+    _, processor, rows, _ = tiny
+    for key, video, audio in (("avt", True, True), ("vt", True, False), ("at", False, True)):
+        batch, failed = engine.decode(processor, Setting(MODALITIES[key]), rows[:1])
+        assert not failed
+        assert ("pixel_values_videos" in batch, "input_features" in batch) == (video, audio), key
+        ids = batch["input_ids"][0]
+        assert (bool((ids == processor.video_token_id).any()), bool((ids == processor.audio_token_id).any())) == \
+            (video, audio), key
 
 
 def test_fingerprint_follows_the_weights_not_the_folder(tiny, tmp_path):

@@ -122,7 +122,8 @@ def test_a_wheel_installs_only_affectverse_and_the_remote_code_at_the_top_level(
     assert "affectverse = affectverse.cli:main" in entry
 
 
-SUBCOMMANDS = ("train", "evaluate", "score", "report", "clips", "predict", "embed", "live", "export", "push")
+SUBCOMMANDS = ("train", "evaluate", "score", "report", "clips", "predict", "embed", "live", "export", "push",
+               "demo")
 
 
 def test_one_command_lists_every_job_and_each_subcommand_has_help(capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import sys
 from pathlib import Path
 
@@ -117,6 +118,48 @@ def test_training_truncates_each_modality_to_its_past():
     # labels are carried along: the same answer tokens, nothing else supervised
     kept = prepared.labels[prepared.labels != -100]
     torch.testing.assert_close(kept, batch["labels"][batch["labels"] != -100])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 1.0])
+def test_rebuilt_sequence_keeps_each_past_and_realigns_labels_mask_and_positions(dropout):
+    """D.4, computed here by hand: each modality keeps its first floor(kappa * T) tokens (Eq. 11), a sample whose
+    EWM lost one modality to dropout (D.1) keeps N_b of its 2 N_b placeholders (the first ones of each group), and
+    the rows are rebuilt left-aligned: embeddings, labels, positions and mask follow the kept tokens; the padding
+    after them is masked and labelled -100."""
+    kappa = 0.7
+    cfg = tiny(keep_ratio_min=kappa, keep_ratio_max=kappa, modality_dropout=dropout)
+    model = AffectVerseForConditionalGeneration(cfg).train()
+    batch = build_batch(cfg, [(3, 30), (3, 0), (0, 30), (0, 0)])  # 12 video, 7 audio tokens: 8.4 and 4.9 kept
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    positions, _ = model._positions(ids, mask, None, batch["video_grid_thw"], batch["feature_attention_mask"],
+                                    None, batch["video_second_per_grid"])
+    embeds, _ = model.embed_media(ids, batch["input_features"], batch["feature_attention_mask"],
+                                  pixel_values_videos=batch["pixel_values_videos"], video_grid_thw=batch["video_grid_thw"])
+    with torch.no_grad():
+        prepared = prepare(model, batch)
+    nb = cfg.num_belief_queries
+    kept_rows = []
+    for b in range(ids.shape[0]):
+        row = ids[b].tolist()
+        video = [i for i, t in enumerate(row) if t == cfg.video_token_id]
+        audio = [i for i, t in enumerate(row) if t == cfg.audio_token_id]
+        beliefs = [i for i, t in enumerate(row) if t == cfg.belief_token_id]
+        removed = set(video[math.floor(kappa * len(video)):]) | set(audio[math.floor(kappa * len(audio)):])
+        if dropout and video and audio:  # one modality left for the EWM: N_b beliefs, ceil(N_b / 2) first
+            first, second = beliefs[:nb], beliefs[nb:]
+            removed |= set(first[(nb + 1) // 2:]) | set(second[nb // 2:])
+        kept_rows.append([i for i in range(len(row)) if mask[b, i] and i not in removed])
+    assert [len(k) for k in kept_rows][:3] == [int(mask[0].sum()) - 4 - 3 - 2 * bool(dropout),
+                                               int(mask[1].sum()) - 4, int(mask[2].sum()) - 3]
+    length = max(len(k) for k in kept_rows)
+    assert prepared.embeds.shape[1] == length
+    for b, kept in enumerate(kept_rows):
+        n = len(kept)
+        assert prepared.attention_mask[b].tolist() == [1] * n + [0] * (length - n)
+        assert prepared.labels[b].tolist() == labels[b, kept].tolist() + [-100] * (length - n)
+        assert torch.equal(prepared.position_ids[:, b, :n], positions[:, b, kept])
+        text = [j for j, i in enumerate(kept) if ids[b, i] != cfg.belief_token_id]
+        torch.testing.assert_close(prepared.embeds[b, text], embeds[b, [kept[j] for j in text]])
 
 
 def test_every_ewm_parameter_gets_gradient_and_no_frozen_weight_does():

@@ -159,6 +159,50 @@ def test_interleaved_audio_layout(media):
         proc([sample(media), sample(media, "v")])
 
 
+# (first group, second group) per (injection, N_b) and modalities, written out from the paper rather than computed:
+# N_q = 2 N_b with audio and video, N_b with one, none for text only (Eq. 18); interleaved: ceil(N_q / 2) right after
+# the last audio/video block and the rest right after "<|im_start|>assistant\n" (Eq. 8, 20; docs/design.md for odd
+# N_q); single (Table 3 row d): all of them after the media.
+BELIEF_GROUPS = {
+    ("interleaved", 1): {"av": (1, 1), "v": (1, 0), "a": (1, 0), "t": (0, 0)},
+    ("interleaved", 3): {"av": (3, 3), "v": (2, 1), "a": (2, 1), "t": (0, 0)},
+    ("interleaved", 4): {"av": (4, 4), "v": (2, 2), "a": (2, 2), "t": (0, 0)},
+    ("single", 3): {"av": (6, 0), "v": (3, 0), "a": (3, 0), "t": (0, 0)},
+}
+
+
+def belief_groups(proc, ids):
+    """(first, second) group sizes of a generation prompt, each group checked to sit where the paper puts it: the
+    first right after the last media block's closing token, the second ending the prompt after the assistant turn's
+    opening."""
+    beliefs = [i for i, t in enumerate(ids) if t == BELIEF]
+    if not beliefs:
+        return 0, 0
+    start = max(i for i, t in enumerate(ids) if t in MEDIA_EOS) + 1
+    first = next(n for n in range(len(ids) - start + 1) if start + n == len(ids) or ids[start + n] != BELIEF)
+    second = beliefs[first:]
+    assert second == list(range(len(ids) - len(second), len(ids))), beliefs
+    assert proc.tokenizer.decode(ids[: len(ids) - len(second)]).endswith("<|im_start|>assistant\n")
+    return first, len(second)
+
+
+@pytest.mark.parametrize("layout", ["separate", "interleaved"])
+@pytest.mark.parametrize("setting", sorted(BELIEF_GROUPS), ids=lambda s: f"{s[0]}-nb{s[1]}")
+def test_belief_groups_sit_where_the_paper_puts_them_for_every_modality_set(setting, layout):
+    injection, nb = setting
+    proc = tiny_processor(injection=injection, num_belief_queries=nb, audio_layout=layout)
+    frames, wave = np.zeros((2, 56, 56, 3), np.uint8), np.zeros(16000, np.float32)
+    for kind, expected in BELIEF_GROUPS[setting].items():
+        sample = {"subtitle": "Hello there.", "video": frames if "v" in kind else None,
+                  "audio": wave if "a" in kind else None}
+        assert belief_groups(proc, rows_of(proc([sample], training=False))[0]) == expected, kind
+    # the stock call on chat text with media placeholders inserts the same groups at the same places
+    content = [{"type": "video"}, {"type": "audio"}, {"type": "text", "text": "Hello there."}]
+    text = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    stock = proc(text=text, videos=[frames], audio=[wave], return_tensors="pt")
+    assert belief_groups(proc, stock["input_ids"][0].tolist()) == BELIEF_GROUPS[setting]["av"]
+
+
 # -- the length rule -----------------------------------------------------------------------------------------------
 def long_sample(seconds=40 / 3, frames=40):
     rng = np.random.default_rng(0)

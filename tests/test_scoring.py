@@ -35,7 +35,7 @@ from affectverse.scoring.scores import (
     sentiment_scores,
 )
 from affectverse.scoring.wheel import EmotionWheel, EmotionWheelError, load_wheel, parse_label_list
-from tests.helpers import SHARED, write_mini_wheel
+from tests.helpers import SHARED, write_mini_wheel, write_rules_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = SHARED / "merunibench"
@@ -159,6 +159,37 @@ def test_wheel_errors_name_the_file(tmp_path, wheel_dir, breakage, message):
         EmotionWheel(folder)
     with pytest.raises(EmotionWheelError, match="not found"):
         EmotionWheel(tmp_path / "missing")
+
+
+# The rules themselves on the hand-made wheel (tests/helpers.py:write_rules_wheel, the mini wheel plus a word per
+# rule), so that they are tested on a user's clone too, where the real wheel (test_wheel_quirks) is absent.
+@pytest.fixture(scope="module")
+def rules_wheel(tmp_path_factory) -> EmotionWheel:
+    return EmotionWheel(write_rules_wheel(tmp_path_factory.mktemp("rules") / "emotion_wheel"))
+
+
+def test_wheel_maps_level2_and_level3_words_to_their_ancestor_at_each_level(rules_wheel):
+    # cheerfully -> cheerful -> (synonym run 3) joy, level 2 of happy; gleefully -> gleeful -> (run 6) joyful, level 3
+    # under happy > joy; peacefully -> peaceful -> tranquil, level 3 under calm > relaxed in merged cells
+    assert [rules_wheel.candidates(w) for w in ("cheerfully", "gleefully", "peacefully")] == [["joy"], ["joyful"],
+                                                                                               ["tranquil"]]
+    for word, at_level in (("cheerfully", ("happy", "joy", "joy")), ("gleefully", ("happy", "joy", "joyful")),
+                           ("peacefully", ("calm", "relaxed", "tranquil")), ("happiness", ("happy",) * 3)):
+        for level, node in enumerate(at_level, 1):
+            assert [rules_wheel.cluster(word, w, level) for w in range(1, 6)] == [node] * 5, (word, level)
+    assert hit_score(["happy", "happy"], [["gleefully"], ["cheerfully"]], rules_wheel)["hit"] == 1.0
+
+
+def test_wheel_merges_all_synonym_runs_and_takes_the_alphabetically_first_candidate(rules_wheel):
+    assert rules_wheel.candidates("bittersweet") == ["joy", "sad"]  # joy from run 3, sad from run 6
+    assert [rules_wheel.cluster("bittersweet", w) for w in range(1, 6)] == ["happy"] * 5
+    assert rules_wheel.candidates("sad") == ["sad"] and rules_wheel.candidates("sadness") == ["sad"]  # a head is its own
+
+
+def test_wheel_words_ignore_case_and_spaces_and_unknown_words_map_to_nothing(rules_wheel):
+    assert rules_wheel.cluster("  Happiness ", 1) == "happy" and rules_wheel.cluster("GLEEFULLY", 2, 2) == "joy"
+    assert rules_wheel.cluster("neutral", 1) is None and rules_wheel.cluster("no-such-emotion", 1) is None
+    assert rules_wheel.cluster("surprise", 4) == "surprise" and rules_wheel.cluster("surprise", 5) is None
 
 
 def test_parse_label_list():

@@ -346,6 +346,33 @@ def _complete_checkpoint(folder: Path, step: int = 7):
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
 
 
+def test_the_newest_complete_checkpoint_is_resumed_in_step_order(tmp_path, caplog):
+    """Steps order the checkpoints (checkpoint-10 after checkpoint-9); the newest complete one is taken and every
+    newer, incomplete one is named and left in place."""
+    for step in (2, 9, 10):
+        _complete_checkpoint(tmp_path / f"checkpoint-{step}", step)
+    (tmp_path / "checkpoint-11").mkdir()  # a save cut short before its first file
+    (tmp_path / "checkpoint-last").mkdir()  # not a step: not a checkpoint
+    assert [p.name for p in run_folder.checkpoints(tmp_path)] == [f"checkpoint-{s}" for s in (2, 9, 10, 11)]
+    with caplog.at_level(logging.WARNING, logger="train"):
+        assert run_folder.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert "checkpoint-11 is incomplete" in caplog.text and "checkpoint-9" not in caplog.text
+    assert (tmp_path / "checkpoint-11").is_dir()
+
+
+@pytest.mark.parametrize("missing", ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+                                     "trainer_state.json"])
+def test_a_checkpoint_missing_any_part_is_not_resumed(tmp_path, missing):
+    """Weights, optimizer, scheduler, RNG state (kappa and dropout replay from it) and trainer state: without any
+    of them a resume would not continue the same run."""
+    _complete_checkpoint(tmp_path / "checkpoint-3", 3)
+    _complete_checkpoint(tmp_path / "checkpoint-6", 6)
+    (tmp_path / "checkpoint-6" / missing).unlink()
+    assert run_folder.checkpoint_problems(tmp_path / "checkpoint-3") == []
+    assert run_folder.checkpoint_problems(tmp_path / "checkpoint-6")
+    assert run_folder.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+
+
 def test_output_dir_holding_another_run_is_refused_and_the_same_run_resumes(tmp_path):
     args = training_run.parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true"])
     record = arguments.run_record(*args)
@@ -722,6 +749,7 @@ torch.save({{n: p.detach() for n, p in model.named_parameters() if p.requires_gr
 
 KILL_WORKER = """
 import json, os, signal, sys, torch
+from pathlib import Path
 sys.path.insert(0, {root!r})
 from tests.test_train import SpecDataset, collator, tiny_peft, training_args
 from affectverse.training import run_folder

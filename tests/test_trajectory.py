@@ -97,23 +97,35 @@ def test_engine_and_pipeline_give_label_scores(tiny):
 RATIOS = (0.1, 0.3, 0.6, 1.0)
 
 
+def _direct(model, processor, row, ratio):
+    """An independent prediction at ``ratio``, without the engine: the processor on the clip at that keep_ratio,
+    greedy ``generate``, and label scores from a fresh prompt pass (answer, {label: probability})."""
+    batch = processor([{"video": row["video"], "audio": "video", "subtitle": row["subtitle"]}], training=False,
+                      keep_ratio=ratio)
+    with torch.no_grad():
+        tokens = model.generate(**batch, max_new_tokens=4, do_sample=False,
+                                pad_token_id=processor.tokenizer.pad_token_id)
+    answer = processor.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+    return answer, dict(zip(LABELS, label_scores(model, batch, label_candidates(processor, LABELS))[0].tolist()))
+
+
 @pytest.mark.parametrize("reuse,share", [(True, True), (True, False), (False, False)])
 def test_trajectory_equals_independent_predictions(tiny, reuse, share):
-    """Each ratio's answer and label scores are those of an independent prediction at that keep_ratio: decoded
-    once and batched, with and without the KV cache shared across ratios, or one prediction per ratio."""
+    """Each ratio's answer and label scores are those of an independent prediction at that keep_ratio (the
+    processor and the model called directly): decoded once and batched, with and without the KV cache shared
+    across ratios, or one engine prediction per ratio."""
     from affectverse.inference.trajectory import trajectory
 
     model, processor, rows = tiny
     curves = trajectory(model, processor, rows, RATIOS, labels=LABELS, max_new_tokens=4, reuse=reuse,
                         share_prefix=share)
-    engine = Engine(model, processor, max_new_tokens=4, batch_size=1, num_workers=0, labels=LABELS)
     for row, curve in zip(rows, curves):
         assert [r["keep_ratio"] for r in curve] == list(RATIOS)
         for r in curve:
-            alone = engine.predict(Setting(MODALITIES["avt"], r["keep_ratio"]), [row])[0]
-            assert r["status"] == alone["status"] == "ok" and r["answer"] == alone["answer"]
+            answer, scores = _direct(model, processor, row, r["keep_ratio"])
+            assert r["status"] == "ok" and r["answer"] == answer
             for label in LABELS:
-                assert abs(r["label_scores"][label] - alone["label_scores"][label]) < 1e-4, (r, alone)
+                assert abs(r["label_scores"][label] - scores[label]) < 1e-4, (r, scores)
     # the ratios do see different inputs: the scores move along the trajectory
     assert len({tuple(r["label_scores"].values()) for r in curves[0]}) == len(RATIOS)
 

@@ -178,7 +178,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except UnicodeDecodeError:
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="cp1252")
 
@@ -235,9 +235,26 @@ def npz_labels(path: Path, spec: BenchmarkSpec, split: str) -> dict:
     corpus = corpora[key]
     if spec.holdout_session is not None:
         corpus = {n: v for n, v in corpus.items() if (n[4] == spec.holdout_session) == (split == "test")}
-    if spec.task == "sentiment":
-        return {n: float(v["val"]) for n, v in corpus.items()}
-    return {n: spec.classes[int(v["emo"])] if spec.classes else str(v["emo"]).strip() for n, v in corpus.items()}
+    labels = {}
+    for n, v in corpus.items():
+        try:
+            if spec.task == "sentiment":
+                labels[n] = float(v["val"])
+                if not math.isfinite(labels[n]):
+                    raise ValueError(f"not a finite number: {v['val']!r}")
+            elif spec.classes:
+                index = int(v["emo"])
+                if not 0 <= index < len(spec.classes):
+                    raise ValueError(f"class {index} outside 0..{len(spec.classes) - 1} ({', '.join(spec.classes)})")
+                labels[n] = spec.classes[index]
+            else:
+                labels[n] = str(v["emo"]).strip()
+                if not labels[n]:
+                    raise ValueError("empty label")
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"{path}, {key}, sample {n!r}: unusable label ({type(err).__name__}: {err}); fix the "
+                             "file or use the released one") from None
+    return labels
 
 
 def _openset_labels(path: Path) -> dict:
@@ -352,8 +369,10 @@ def load_mmsa(root, split: str, name: str, check_media: bool = False) -> dataset
             continue
         try:
             value = float(r.label)
+            if not math.isfinite(value):
+                raise ValueError
         except ValueError:
-            raise ValueError(f"{path}, line {line}, field 'label': not a number: {r.label!r}") from None
+            raise ValueError(f"{path}, line {line}, field 'label': not a finite number: {r.label!r}") from None
         rows.append({"name": f"{r.video_id}_{r.clip_id}", "benchmark": bench, "task": "sentiment",
                      "split": "val" if mode == "valid" else mode, "video": str(root / "Raw" / r.video_id / f"{r.clip_id}.mp4"),
                      "audio": "", "subtitle": r.text, "label": encode_label(value)})
@@ -368,7 +387,7 @@ def load_mmsa(root, split: str, name: str, check_media: bool = False) -> dataset
 def _manifest_records(path: Path):
     """Yield ``(line number, dict)`` for each row of a CSV or JSONL manifest."""
     if path.suffix.lower() in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             for line_no, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -380,7 +399,7 @@ def _manifest_records(path: Path):
                     raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
                 yield line_no, record
         return
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark is no column
         reader = csv.DictReader(fh)
         for column in ("video", "label", "split"):
             if column not in (reader.fieldnames or ()):

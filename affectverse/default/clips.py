@@ -64,6 +64,9 @@ from pathlib import Path
 import av
 import numpy as np
 
+from affectverse import ownership
+from affectverse.options import positive_int, positive_number
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("video", "audio", "subtitle", "label", "split", "name", "onset")
@@ -215,41 +218,43 @@ def generate_clips(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     misleading_fraction: float = 0.3,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``n_clips`` clips and ``manifest.csv`` under ``out_dir``; return the manifest path.
 
-    The output depends only on the arguments (see the module docstring for the rule). Existing files of
-    the same names are overwritten.
+    The output depends only on the arguments (see the module docstring for the rule). The folder is written
+    whole (beside, then swapped in: :func:`affectverse.ownership.write_folder`): a new or empty ``out_dir``, or
+    one generated earlier with ``overwrite`` (replaced entirely); any other folder is refused, untouched.
 
     Example:
         >>> manifest = generate_clips("/tmp/clips", n_clips=8, seed=0)
         >>> from affectverse.data.readers import load_manifest
         >>> ds = load_manifest(manifest, split="train")
     """
-    out = Path(out_dir)
-    (out / "video").mkdir(parents=True, exist_ok=True)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    labels = tuple(labels)
-    n_frames, n_samples = round(seconds * fps), round(seconds * sample_rate)
-    plan = plan_clips(n_clips, seed, labels, misleading_fraction, val_fraction, test_fraction)
-    rows, t0 = [], time.perf_counter()
-    for i, (label, split, onset, subtitle) in enumerate(plan):
-        rng = np.random.default_rng([seed, i + 1])
-        start = label_state(onset) if onset else BASELINE
-        end, midpoint = label_state(label), rng.uniform(0.4, 0.6)
-        frames = render_frames(start, end, n_frames, size, midpoint, rng)
-        audio = render_audio(start, end, n_samples, sample_rate, midpoint, rng)
-        name = f"clip_{i:05d}"
-        write_mp4(out / "video" / f"{name}.mp4", frames, fps, audio, sample_rate)
-        write_wav(out / "audio" / f"{name}.wav", audio, sample_rate)
-        rows.append((f"video/{name}.mp4", f"audio/{name}.wav", subtitle, label, split, name, onset or "baseline"))
-    manifest = out / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(rows)
-    logger.info("wrote %d clips to %s in %.1f s", n_clips, out, time.perf_counter() - t0)
-    return manifest
+    def fill(out: Path):
+        (out / "video").mkdir(parents=True, exist_ok=True)
+        (out / "audio").mkdir(parents=True, exist_ok=True)
+        n_frames, n_samples = round(seconds * fps), round(seconds * sample_rate)
+        plan = plan_clips(n_clips, seed, tuple(labels), misleading_fraction, val_fraction, test_fraction)
+        rows, t0 = [], time.perf_counter()
+        for i, (label, split, onset, subtitle) in enumerate(plan):
+            rng = np.random.default_rng([seed, i + 1])
+            start = label_state(onset) if onset else BASELINE
+            end, midpoint = label_state(label), rng.uniform(0.4, 0.6)
+            frames = render_frames(start, end, n_frames, size, midpoint, rng)
+            audio = render_audio(start, end, n_samples, sample_rate, midpoint, rng)
+            name = f"clip_{i:05d}"
+            write_mp4(out / "video" / f"{name}.mp4", frames, fps, audio, sample_rate)
+            write_wav(out / "audio" / f"{name}.wav", audio, sample_rate)
+            rows.append((f"video/{name}.mp4", f"audio/{name}.wav", subtitle, label, split, name, onset or "baseline"))
+        manifest = out / "manifest.csv"
+        with open(manifest, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(MANIFEST_COLUMNS)
+            writer.writerows(rows)
+        logger.info("wrote %d clips to %s in %.1f s", n_clips, out_dir, time.perf_counter() - t0)
+
+    return ownership.write_folder(out_dir, "clips", fill, overwrite=overwrite) / "manifest.csv"
 
 
 # --------------------------------------------------------------------------------- temporal-affect clips
@@ -278,7 +283,7 @@ def temporal_levels(trend: str, end: str, rng, margin: float = 0.08) -> tuple[fl
 
 def generate_temporal_clips(out_dir, n_clips: int = 160, seed: int = 0, seconds: float = 4.0, fps: int = 6,
                             size: int = 224, sample_rate: int = 16000, val_fraction: float = 0.0,
-                            test_fraction: float = 0.3) -> Path:
+                            test_fraction: float = 0.3, overwrite: bool = False) -> Path:
     """Write ``n_clips`` temporal-affect clips and ``manifest.csv`` (the columns of :func:`generate_clips`, with
     ``onset`` holding ``v0->v1``); return the manifest path.
 
@@ -288,33 +293,34 @@ def generate_temporal_clips(out_dir, n_clips: int = 160, seed: int = 0, seconds:
     and only the last part shows the end. Colour, pitch and loudness are ``(1 - v) * LEVEL_LOW + v * LEVEL_HIGH``,
     with the noise of :func:`generate_clips`. A model that sees the first kappa of a clip sees the level at
     ``v(kappa)``: reading "where it is now" gives the wrong end class for clips that cross 0.5 later, while
-    extrapolating the trend (imagining the future) gives the right one.
+    extrapolating the trend (imagining the future) gives the right one. Written whole, as :func:`generate_clips`.
     """
-    out = Path(out_dir)
-    (out / "video").mkdir(parents=True, exist_ok=True)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    classes = list(TEMPORAL_LABELS)
-    labels = tuple(TEMPORAL_LABELS[c] for c in classes)
-    n_frames, n_samples = round(seconds * fps), round(seconds * sample_rate)
-    plan = plan_clips(n_clips, seed, labels, 0.0, val_fraction, test_fraction)
-    rows = []
-    for i, (label, split, _, subtitle) in enumerate(plan):
-        rng = np.random.default_rng([seed, i + 1])
-        v0, v1 = temporal_levels(*classes[labels.index(label)], rng)
-        frames = frames_along(LEVEL_LOW, LEVEL_HIGH, v0 + (v1 - v0) * (np.arange(n_frames) + 0.5) / n_frames,
-                              size, rng)
-        audio = audio_along(LEVEL_LOW, LEVEL_HIGH, v0 + (v1 - v0) * (np.arange(n_samples) + 0.5) / n_samples,
-                            sample_rate, rng)
-        name = f"clip_{i:05d}"
-        write_mp4(out / "video" / f"{name}.mp4", frames, fps, audio, sample_rate)
-        write_wav(out / "audio" / f"{name}.wav", audio, sample_rate)
-        rows.append((f"video/{name}.mp4", f"audio/{name}.wav", subtitle, label, split, name, f"{v0:.3f}->{v1:.3f}"))
-    manifest = out / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(rows)
-    return manifest
+    def fill(out: Path):
+        (out / "video").mkdir(parents=True, exist_ok=True)
+        (out / "audio").mkdir(parents=True, exist_ok=True)
+        classes = list(TEMPORAL_LABELS)
+        labels = tuple(TEMPORAL_LABELS[c] for c in classes)
+        n_frames, n_samples = round(seconds * fps), round(seconds * sample_rate)
+        plan = plan_clips(n_clips, seed, labels, 0.0, val_fraction, test_fraction)
+        rows = []
+        for i, (label, split, _, subtitle) in enumerate(plan):
+            rng = np.random.default_rng([seed, i + 1])
+            v0, v1 = temporal_levels(*classes[labels.index(label)], rng)
+            frames = frames_along(LEVEL_LOW, LEVEL_HIGH, v0 + (v1 - v0) * (np.arange(n_frames) + 0.5) / n_frames,
+                                  size, rng)
+            audio = audio_along(LEVEL_LOW, LEVEL_HIGH, v0 + (v1 - v0) * (np.arange(n_samples) + 0.5) / n_samples,
+                                sample_rate, rng)
+            name = f"clip_{i:05d}"
+            write_mp4(out / "video" / f"{name}.mp4", frames, fps, audio, sample_rate)
+            write_wav(out / "audio" / f"{name}.wav", audio, sample_rate)
+            rows.append((f"video/{name}.mp4", f"audio/{name}.wav", subtitle, label, split, name, f"{v0:.3f}->{v1:.3f}"))
+        manifest = out / "manifest.csv"
+        with open(manifest, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(MANIFEST_COLUMNS)
+            writer.writerows(rows)
+
+    return ownership.write_folder(out_dir, "clips", fill, overwrite=overwrite) / "manifest.csv"
 
 
 def write_bad_media(out_dir) -> dict[str, Path]:
@@ -364,11 +370,12 @@ def main(argv=None):
     """CLI: ``affectverse clips --out DIR --n N --seed S``."""
     parser = argparse.ArgumentParser(prog="affectverse clips",
                                      description="Generate deterministic synthetic affective clips and a manifest.")
-    parser.add_argument("--out", required=True, help="output folder (manifest.csv, video/, audio/)")
-    parser.add_argument("--n", type=int, default=200, help="number of clips")
+    parser.add_argument("--out", required=True, help="output folder (manifest.csv, video/, audio/): new or empty")
+    parser.add_argument("--overwrite", action="store_true", help="replace clips generated earlier into --out")
+    parser.add_argument("--n", type=positive_int, default=200, help="number of clips")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--fps", type=int, default=6)
+    parser.add_argument("--seconds", type=positive_number, default=3.0)
+    parser.add_argument("--fps", type=positive_int, default=6)
     parser.add_argument("--labels", default="happy,sad,angry,neutral", help="comma-separated label words")
     parser.add_argument("--misleading", type=float, default=0.3, help="fraction of clips opening with another label's cue")
     parser.add_argument("--temporal", action="store_true",
@@ -377,10 +384,11 @@ def main(argv=None):
     t0 = time.perf_counter()
     if args.temporal:
         manifest = generate_temporal_clips(args.out, n_clips=args.n, seed=args.seed, seconds=args.seconds,
-                                           fps=args.fps)
+                                           fps=args.fps, overwrite=args.overwrite)
     else:
         manifest = generate_clips(args.out, n_clips=args.n, seed=args.seed, seconds=args.seconds, fps=args.fps,
-                                  labels=tuple(args.labels.split(",")), misleading_fraction=args.misleading)
+                                  labels=tuple(args.labels.split(",")), misleading_fraction=args.misleading,
+                                  overwrite=args.overwrite)
     print(f"{manifest} ({args.n} clips, {time.perf_counter() - t0:.1f} s)")
 
 

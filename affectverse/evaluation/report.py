@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import sys
 from pathlib import Path
 
+from affectverse import ownership
 from affectverse.inference.engine import to_device
+from affectverse.inference.store import is_store, shard_files
 from affectverse.scoring.scores import bootstrap_interval
 from processing_affectverse import AffectVerseCollator
 
@@ -82,13 +85,14 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _write(path: Path, header, rows, note: str = "") -> tuple[Path, Path]:
-    """``path.md`` (table and note) and ``path.csv``."""
+    """``path.md`` (table and note) and ``path.csv``, each written atomically."""
     md, csv_path = path.with_suffix(".md"), path.with_suffix(".csv")
-    md.write_text(_markdown(header, rows) + (f"\n{note}\n" if note else ""), encoding="utf-8")
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows([["" if c == MISSING else c for c in r] for r in rows])
+    ownership.atomic_write(md, _markdown(header, rows) + (f"\n{note}\n" if note else ""))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows([["" if c == MISSING else c for c in r] for r in rows])
+    ownership.atomic_write(csv_path, text.getvalue())
     return md, csv_path
 
 
@@ -176,8 +180,10 @@ def _pyplot():
 def _save(fig, path: Path) -> Path:
     """``path`` as a 200-dpi PNG and the same stem as PDF; returns the PNG path."""
     path = Path(path)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+    with ownership.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
+    with ownership.atomic_path(path.with_suffix(".pdf")) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", format="pdf")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -310,7 +316,13 @@ def plot_imagination(result: dict, path: Path, title: str = "") -> Path:
 
 
 def plot_belief_attention(result: dict, path: Path) -> Path:
-    """Figure 3: belief tokens B1..Bk x memory tokens V1..Vn / A1..An, with a modality-mass side panel."""
+    """Figure 3 (:func:`belief_attention_figure`) as a PNG and a PDF."""
+    return _save(belief_attention_figure(result), path)
+
+
+def belief_attention_figure(result: dict):
+    """Figure 3: belief tokens B1..Bk x memory tokens V1..Vn / A1..An, with a modality-mass side panel.
+    ``result``: ``{"attention": (k, n_video + n_audio) nested lists, "n_video_memory", "name"}``."""
     import numpy as np
 
     plt = _pyplot()
@@ -336,7 +348,7 @@ def plot_belief_attention(result: dict, path: Path) -> Path:
     side.set_xlabel("attention mass")
     side.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_ablation_kappa(summary: dict, path: Path, title: str = "temporal-affect clips") -> Path:
@@ -556,13 +568,40 @@ def imagination_table(result: dict) -> str:
     return _markdown(["Rollout step", "cosine ↑", "MSE ↓"], rows) + "\n" + note
 
 
+KIND = "evaluate"  # the record of an evaluation folder (affectverse.ownership)
+PREDICTIONS = "predictions.jsonl"
+
+
+def owned(folder: Path) -> bool:
+    """An evaluation folder from before records (``.affectverse.json``): its predictions file (or a shard of it
+    left by an interrupted sharded run) is a store."""
+    return any(is_store(p) for p in (folder / PREDICTIONS, *shard_files(folder / PREDICTIONS)))
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); rerun affectverse evaluate to rewrite it") from None
+
+
+# Every file a report may write: one rewrite leaves none of an earlier report's files it did not write again.
+REPORT_FILES = ("table1.*", "table2.*", "table1_closed_set.*", "table2_closed_set.*", "calibration.*",
+                "robustness.*", "imagination.png", "imagination.pdf", "belief_attention.png", "belief_attention.pdf",
+                "report.md")
+
+
 def write_report(run_dir) -> list[Path]:
-    """Write the tables, plots and ``report.md`` of a run folder; return the written paths."""
+    """Write the tables, plots and ``report.md`` of a run folder (one ``affectverse evaluate`` wrote: any other is
+    refused); return the written paths. Report files of an earlier report that this one does not write are
+    removed."""
     run = Path(run_dir)
+    if ownership.check_folder(run, KIND, "--run", legacy=owned) is None:
+        raise FileNotFoundError(f"--run {run}: no evaluation folder there; run affectverse evaluate first")
     scores_path = run / "scores.json"
     if not scores_path.is_file():
         raise FileNotFoundError(f"{scores_path}: no scores; run affectverse.evaluation.runner to the end first")
-    results = json.loads(scores_path.read_text())["results"]
+    results = _read_json(scores_path)["results"]
     if not results:
         raise ValueError(f"{scores_path}: no scored settings")
     written, page = [], ["# AffectVerse evaluation report", ""]
@@ -586,7 +625,7 @@ def write_report(run_dir) -> list[Path]:
         written += _write(run / "calibration", header, rows, note)
         page += ["## Calibration of the label scores (ECE / Brier by keep ratio)", "", _markdown(header, rows), note,
                  ""]
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    info = _read_json(run / "run.json") if (run / "run.json").is_file() else {}
     names = {"manifest": manifest_title(info["manifest"])} if info.get("manifest") else {}
     written.append(plot_robustness(results, run / "robustness.png", names))
     page += ["## Figures", "", "![keep-ratio robustness](robustness.png)", ""]
@@ -594,15 +633,19 @@ def write_report(run_dir) -> list[Path]:
                                      ("belief_attention.json", plot_belief_attention, "belief_attention.png",
                                       "MAMA attention (Figure 3)")):
         if (run / name).is_file():
-            data = json.loads((run / name).read_text())
+            data = _read_json(run / name)
             written.append(plot(data, run / png))
             page += [f"![{caption}]({png})", ""]
             if name == "imagination.json":
                 page += [imagination_table(data), ""]
         else:
             logger.warning("%s: missing; %s not drawn", run / name, png)
-    (run / "report.md").write_text("\n".join(page), encoding="utf-8")
+    ownership.atomic_write(run / "report.md", "\n".join(page))
     written.append(run / "report.md")
+    now = {p.name for p in written} | {p.with_suffix(".pdf").name for p in written if p.suffix == ".png"}
+    stale = sorted({p.name for pattern in REPORT_FILES for p in run.glob(pattern)} - now)
+    for name in ownership.remove_own(run, stale):
+        logger.info("removed %s (an earlier report's; this one has no such table or figure)", run / name)
     return written
 
 

@@ -66,9 +66,10 @@ from pathlib import Path
 
 import torch
 
+from affectverse import ownership
 from affectverse.data.readers import BENCHMARKS as DATASETS
 from affectverse.data.readers import canonical_name, label_value, load_benchmark, load_manifest
-from affectverse.evaluation.report import belief_attention, imagination_quality, write_report
+from affectverse.evaluation.report import KIND, PREDICTIONS, belief_attention, imagination_quality, owned, write_report
 from affectverse.inference.engine import (
     MEDIA_ERRORS,
     MODALITIES,
@@ -83,6 +84,7 @@ from affectverse.inference.engine import (
     resolve_device,
 )
 from affectverse.inference.store import PredictionStore, StoreError, fresh_path
+from affectverse.options import non_negative_int, positive_int, unit_fraction, unit_fractions
 from affectverse.scoring.score import BENCHMARKS as SCORERS
 from affectverse.scoring.score import KINDS, MAIN_METRICS
 from affectverse.scoring.scores import (
@@ -100,7 +102,6 @@ from affectverse.scoring.wheel import load_wheel
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS = "predictions.jsonl"
 SCORES = "scores.json"
 IMAGINATION = "imagination.json"
 ATTENTION = "belief_attention.json"
@@ -221,7 +222,8 @@ def predict(groups, modalities, keep_ratios, args, run_record: dict, get_model) 
     finished, store, _ = predict_to_store(
         Path(args.out) / PREDICTIONS, run_record, str(args.model), ("benchmark", "name"), work, work_key,
         make_engine, lambda setting, rows, results: to_records(extractor[0], setting, rows, results),
-        retry_errors=args.retry_errors, max_batches=args.max_batches, desc="generating")
+        retry_errors=args.retry_errors, max_batches=args.max_batches, desc="generating",
+        claim=lambda: claim(Path(args.out)))
     return finished, store
 
 
@@ -330,12 +332,15 @@ def parse_args(argv=None):
                    help="comma-separated, e.g. mer2023,meld (default: all nine, or every benchmark of the manifest)")
     p.add_argument("--split", default="test", help="test (MER-UniBench), train, val, or all (manifests)")
     p.add_argument("--modalities", default="avt,at,vt", help=f"comma-separated of {list(MODALITIES)}")
-    p.add_argument("--keep-ratios", default="1.0", help="comma-separated kappa in (0, 1], e.g. 1.0,0.7,0.5,0.3,0.1")
-    p.add_argument("--out", required=True, help="run folder (predictions, scores, tables, plots); reruns resume")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--keep-ratios", default="1.0", type=unit_fractions,
+                   help="comma-separated kappa in (0, 1], e.g. 1.0,0.7,0.5,0.3,0.1")
+    p.add_argument("--out", required=True, help="run folder (predictions, scores, tables, plots); reruns resume; a "
+                                                "folder evaluate did not write is refused")
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: this process's GPU under accelerate "
                                                   "launch, else cuda when available)")
-    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding media ahead of the model")
+    p.add_argument("--num-workers", type=non_negative_int, default=2,
+                   help="DataLoader workers decoding media ahead of the model")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="load the model folder with its own Python code (default: the project's classes; the "
                         "folder's code never runs)")
@@ -343,19 +348,19 @@ def parse_args(argv=None):
                    help="start a fresh run in a new folder beside --out (OUT-2, ...) instead of resuming OUT")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 on cuda, float32 on cpu")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--emotion-wheel", default=None,
                    help="emotion_wheel folder (HIT, OV-MERD+); default: DATA_ROOT/emotion_wheel when it exists")
     p.add_argument("--extractor", choices=["rule", "llm"], default="rule", help="answer -> labels/sentiment")
     p.add_argument("--extractor-model", default=None, help="local causal LM for --extractor llm (Qwen2.5-7B-Instruct)")
-    p.add_argument("--limit", type=int, default=None, help="first N clips of each benchmark (smoke runs)")
-    p.add_argument("--max-batches", type=int, default=None, help="stop after N new batches (resume later)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N clips of each benchmark (smoke runs)")
+    p.add_argument("--max-batches", type=positive_int, default=None, help="stop after N new batches (resume later)")
     p.add_argument("--retry-errors", action="store_true", help="run clips recorded as errors again")
-    p.add_argument("--imagination-clips", type=int, default=8,
+    p.add_argument("--imagination-clips", type=non_negative_int, default=8,
                    help="clips for the Table 8 imagination cosine (0: skip the imagination and attention plots)")
-    p.add_argument("--imagination-keep-ratio", type=float, default=0.7, help="kappa fixed for Table 8")
+    p.add_argument("--imagination-keep-ratio", type=unit_fraction, default=0.7, help="kappa fixed for Table 8")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bootstrap", type=int, default=200,
+    p.add_argument("--bootstrap", type=non_negative_int, default=200,
                    help="bootstrap resamples over clips for the 95%% intervals of every score (0: none)")
     p.add_argument("--no-label-scores", action="store_true",
                    help="skip the closed-set label scores (and so ECE / Brier) of the HIT benchmarks")
@@ -370,11 +375,7 @@ def parse_args(argv=None):
         args.modality_list = [MODALITIES[m.strip()] for m in args.modalities.split(",") if m.strip()]
     except KeyError as err:
         p.error(f"unknown modality setting {err.args[0]!r}; choose from {list(MODALITIES)}")
-    args.keep_ratio_list = [float(k) for k in args.keep_ratios.split(",") if k.strip()]
-    if not args.keep_ratio_list or not all(0 < k <= 1 for k in args.keep_ratio_list):
-        p.error(f"--keep-ratios must lie in (0, 1], got {args.keep_ratios}")
-    if args.batch_size < 1 or args.num_workers < 0:
-        p.error("--batch-size must be >= 1 and --num-workers >= 0")
+    args.keep_ratio_list = list(dict.fromkeys(args.keep_ratios))
     if args.emotion_wheel is None and args.data_root and (Path(args.data_root) / "emotion_wheel").is_dir():
         args.emotion_wheel = str(Path(args.data_root) / "emotion_wheel")
     return args
@@ -390,7 +391,7 @@ def diagnostics(get_model, groups, args, out: Path):
         try:
             result = imagination_quality(model, processor, rows, keep_ratio=args.imagination_keep_ratio,
                                          batch_size=args.batch_size)
-            (out / IMAGINATION).write_text(json.dumps(result, indent=2))
+            ownership.atomic_write(out / IMAGINATION, json.dumps(result, indent=2))
         except ValueError as err:  # e.g. every clip failed to load: the run's results stand without the plot
             logger.warning("imagination quality not computed: %s", err)
     if not (out / ATTENTION).exists():
@@ -400,7 +401,7 @@ def diagnostics(get_model, groups, args, out: Path):
             except MEDIA_ERRORS as err:
                 logger.warning("belief attention: skipping %s (%s)", row["name"], err)
                 continue
-            (out / ATTENTION).write_text(json.dumps(result, indent=2))
+            ownership.atomic_write(out / ATTENTION, json.dumps(result, indent=2))
             break
 
 
@@ -421,9 +422,11 @@ def main(argv=None) -> int:
         out = Path(procs.from_main(str(fresh_path(out) if (out / PREDICTIONS).exists() else out)))
         logger.info("--new-run: a fresh run in %s", out)
     args.out = str(out)
+    try:  # a folder evaluate did not write is refused before anything else (and nothing is created yet)
+        ownership.check_folder(out, KIND, legacy=owned)
+    except ownership.OwnershipError as err:
+        raise SystemExit(f"error: {err}") from None
     procs.barrier()
-    if procs.main:
-        out.mkdir(parents=True, exist_ok=True)
     wheel = None
     if args.emotion_wheel and any(rows[0]["task"] != "sentiment" for rows in groups.values()):
         wheel = load_wheel(args.emotion_wheel)
@@ -448,7 +451,8 @@ def main(argv=None) -> int:
     logger.info("generation: %.1f s", time.perf_counter() - t0)
     if not procs.main:
         return 0
-    (out / "run.json").write_text(json.dumps({
+    claim(out)
+    ownership.atomic_write(out / "run.json", json.dumps({
         "model": str(Path(args.model).resolve()), "device": str(device), "dtype": record["dtype"],
         "benchmarks": {b: len(r) for b, r in groups.items()}, "modalities": [m.key for m in args.modality_list],
         "keep_ratios": args.keep_ratio_list, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
@@ -457,12 +461,17 @@ def main(argv=None) -> int:
     if not finished:
         return 0
     scores = score_run(groups, args.modality_list, args.keep_ratio_list, store, wheel, args.bootstrap)
-    (out / SCORES).write_text(json.dumps(scores, indent=2))
+    ownership.atomic_write(out / SCORES, json.dumps(scores, indent=2))
     if args.imagination_clips > 0:
         diagnostics(get_model, groups, args, out)
     for path in write_report(out):
         logger.info("wrote %s", path)
     return 0
+
+
+def claim(out: Path):
+    """The evaluation folder, created with its record (or an earlier one's record added) when first written."""
+    return ownership.claim_folder(out, KIND, legacy=owned)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
 One job each, used by every caller:
 
 - :func:`resolve_device`, :func:`to_device`, :func:`load_model`: where the model runs, in which dtype, and how a
-  checkpoint is loaded (the project's own classes; a folder's code runs only with ``trust_remote_code=True``).
+  checkpoint is loaded (:func:`affectverse.checkpoint.load_verified`: the project's own classes, the weights
+  checked against the config before anything is allocated; a folder's code runs only with
+  ``trust_remote_code=True``).
 - :class:`Engine`: batches of dataset rows in, one result per row out. A torch DataLoader's workers decode the
   media (the package's ``AffectVerseCollator``) ahead of the model; a batch whose generation fails is retried clip
   by clip; a clip whose media cannot be used gets an error result naming the file and the reason.
-- :func:`checkpoint_record`: what a run records of its model (weights fingerprint, processor and generation
+- :func:`checkpoint_record`: what a run records of its model (its full-content identity, processor and generation
   configs) for :class:`affectverse.inference.store.PredictionStore`, the JSON-lines file every prediction goes to.
 - :func:`predict_to_store`: the loop both commands run: resume, shard across ``accelerate launch`` processes (one
-  shard file per rank, merged into the store by the main process), progress (:class:`Progress`).
+  shard file per rank, merged into the store by the main process), progress (:class:`Progress`). The store is
+  checked first and created only when the model loaded and its first batch went through.
 """
 
 from __future__ import annotations
@@ -30,17 +33,41 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoProcessor
-from transformers.utils import cached_file
+from transformers import AutoProcessor, LogitsProcessor, LogitsProcessorList
 
+from affectverse import checkpoint
 from affectverse.inference.store import PredictionStore, StoreError, shard_files, shard_path
-from modeling_affectverse import AffectVerseForConditionalGeneration
+from affectverse.ownership import Lock, OwnershipError
 from pipeline_affectverse import answer_candidates, label_scores, prompt_state
 from processing_affectverse import AffectVerseCollator, AffectVerseProcessor, answer_from_label
 
 logger = logging.getLogger(__name__)
 
 MEDIA_ERRORS = (ValueError, KeyError, OSError, RuntimeError)  # MediaError is a ValueError; decord/av are wrapped
+
+
+class NonFiniteError(RuntimeError):
+    """The model computed NaN or infinite values: no clip's answer can be trusted, so the run stops (it is not
+    recorded as one clip's error)."""
+
+
+def non_finite(what: str, model) -> NonFiniteError:
+    return NonFiniteError(f"the model's {what} hold NaN or infinite values (dtype {model.dtype}): nothing of this "
+                          "batch was recorded. A float16 overflow or a broken checkpoint: try --dtype bfloat16 or "
+                          "float32, or another checkpoint")
+
+
+class FiniteLogits(LogitsProcessor):
+    """Raise :class:`NonFiniteError` at the first generation step whose scores hold a NaN or +inf, or a row that is
+    -inf everywhere (-inf alone is a legitimate mask)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, input_ids, scores):
+        if (torch.isnan(scores).any() | torch.isposinf(scores).any() | torch.isneginf(scores).all(-1).any()).item():
+            raise non_finite("logits", self.model)
+        return scores
 
 
 # ============================================================================================ modality settings
@@ -92,6 +119,16 @@ class Setting:
 
 
 # ============================================================================================== label scores
+def parse_labels(text: str | None) -> list[str] | None:
+    """``"happy, sad,neutral"`` -> ["happy", "sad", "neutral"]; None stays None."""
+    if text is None:
+        return None
+    labels = [label.strip() for label in text.split(",") if label.strip()]
+    if not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"--labels {text!r}: a comma-separated list of distinct labels")
+    return labels
+
+
 def label_candidates(processor, labels: Sequence[str]) -> list[list[int]]:
     """Token ids of each label's answer as the model was trained to give it (``answer_from_label`` + the end of
     turn), so "happy" and "happy, sad" are different candidates."""
@@ -106,17 +143,31 @@ def resolve_device(device: str | None = "auto", dtype: str = "auto") -> tuple[to
     """(torch device, torch dtype). ``auto``/None (or ``cuda``) under ``accelerate launch``: this process's own
     device (one GPU per rank); otherwise ``auto`` is CUDA when present, else the CPU; dtype ``auto``: bfloat16 on CUDA
     (float16 without bf16
-    support), float32 on the CPU."""
+    support), float32 on the CPU. A device this machine does not have is a ValueError naming ``--device``."""
     if device in (None, "auto", "cuda") and _world_size() > 1:  # one GPU per process, not all on cuda:0
         device = str(_partial_state().device)
     elif device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch_device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if torch_device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this machine has no CUDA device (torch.cuda.is_available() is "
+                             "False); use --device cpu or auto")
+        if torch_device.index is not None and torch_device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif torch_device.type != "cpu" and not (torch_device.type == "mps" and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device}: not available here; use auto, cpu, cuda or cuda:N")
     if dtype == "auto":
-        if str(device).startswith("cuda"):
+        if torch_device.type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         else:
             dtype = "float32"
-    return torch.device(device), getattr(torch, dtype)
+    if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise ValueError(f"--dtype {dtype!r}: not a torch dtype; use auto, float32, bfloat16 or float16")
+    return torch_device, getattr(torch, dtype)
 
 
 def to_device(batch, model):
@@ -129,56 +180,30 @@ def to_device(batch, model):
 
 
 def load_model(name: str, device, dtype, trust_remote_code: bool = False):
-    """(model in eval mode on ``device``, processor) of ``name``, a folder or a Hub id.
+    """(model in eval mode on ``device``, processor) of ``name``, a folder or a Hub id, loaded verified
+    (:func:`affectverse.checkpoint.load_verified`: a folder that is not an AffectVerse model, weights that do not
+    fit its config, missing or non-finite weights stop here, named).
 
     Without ``trust_remote_code`` the project's own classes load it and no Python file of the folder runs; with it,
     the Auto classes load the folder's own code (a checkpoint with changed code, at your own risk).
     """
+    folder = checkpoint.resolve(name)
+    model = checkpoint.load_verified(folder, dtype, device, trust_remote_code=trust_remote_code)
+    checkpoint.register_local_classes()  # the tokenizer then neither prompts nor warns about the model type
     if trust_remote_code:
-        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
     else:
-        model = AffectVerseForConditionalGeneration.from_pretrained(name, dtype=dtype, trust_remote_code=False)
-        processor = AffectVerseProcessor.from_pretrained(name, trust_remote_code=False)
+        processor = AffectVerseProcessor.from_pretrained(str(folder), trust_remote_code=False)
     if getattr(processor, "belief_token_id", None) != model.config.belief_token_id:
         raise ValueError(f"{name}: the processor's <|belief|> id {getattr(processor, 'belief_token_id', None)} "
                          f"differs from the model's belief_token_id {model.config.belief_token_id}")
-    return model.to(device).eval(), processor
-
-
-def _folder_of(name: str) -> Path | None:
-    """The local folder of ``name``: itself, or its snapshot in the Hub cache."""
-    if Path(name).is_dir():
-        return Path(name)
-    try:
-        config = cached_file(name, "config.json", _raise_exceptions_for_missing_entries=False)
-    except (OSError, ValueError):  # not cached offline, or not a valid Hub id
-        return None
-    return Path(config).parent if config else None
+    return model, processor
 
 
 def fingerprint(name: str) -> str:
-    """A cheap fingerprint of a checkpoint: sha256 over ``config.json`` and, per weight file, its name, size,
-    safetensors header and first and last 64 KiB of data (a retrained model changes those; a copy does not)."""
-    folder = _folder_of(name)
-    if folder is None:
-        return f"unresolved:{name}"
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("config.json")) + sorted(folder.glob("*.safetensors")):
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}:".encode())
-        with open(path, "rb") as fh:
-            if path.suffix == ".safetensors" and size >= 8:
-                n = int.from_bytes(fh.read(8), "little")
-                digest.update(fh.read(min(n, size - 8)))
-                start = 8 + n
-            else:
-                start = 0
-            fh.seek(start)
-            digest.update(fh.read(65536))
-            fh.seek(max(start, size - 65536))
-            digest.update(fh.read(65536))
-    return digest.hexdigest()
+    """The model's identity: sha256 over every tensor and its config (:func:`affectverse.checkpoint.model_identity`;
+    stored at save, else hashed once and cached by path, size and mtime)."""
+    return checkpoint.model_identity(checkpoint.resolve(name))
 
 
 def _without(value, drop=("auto_map", "transformers_version")):
@@ -188,16 +213,20 @@ def _without(value, drop=("auto_map", "transformers_version")):
 
 
 def checkpoint_record(name: str) -> dict:
-    """What a run records of its checkpoint, read from its files without loading it: the weight fingerprint, the
-    processor settings (``processor_config.json``: frame rate, sizes, ``max_length``, feature extractor, ...), the
-    generation config and a hash of the tokenizer files."""
-    folder = _folder_of(name)
-    record = {"fingerprint": fingerprint(name), "processor": None, "generation_config": None, "tokenizer": None}
-    if folder is None:
-        return record
+    """What a run records of its checkpoint, read from its files without loading it: its identity (the full
+    content), the processor settings (``processor_config.json``: frame rate, sizes, ``max_length``, feature
+    extractor, ...), the generation config and a hash of the tokenizer files. The folder is checked first
+    (:func:`affectverse.checkpoint.inspect`): a folder that is not a model is named before anything else."""
+    folder = checkpoint.resolve(name)
+    checkpoint.inspect(folder)
+    record = {"fingerprint": checkpoint.model_identity(folder), "processor": None, "generation_config": None,
+              "tokenizer": None}
     for key, file in (("processor", "processor_config.json"), ("generation_config", "generation_config.json")):
         if (folder / file).is_file():
-            record[key] = _without(json.loads((folder / file).read_text(encoding="utf-8")))
+            try:
+                record[key] = _without(json.loads((folder / file).read_text(encoding="utf-8")))
+            except ValueError as err:
+                raise ValueError(f"{folder / file}: not valid JSON ({err})") from None
     digest = hashlib.sha256()
     for file in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja"):
         if (folder / file).is_file():
@@ -275,20 +304,29 @@ def belief_shares(attention) -> list[dict | None]:
             for v, a, t in zip(video, audio, total)]
 
 
+def belief_weights(attention) -> list[list[list[float]]]:
+    """Per sample, Figure 3's MAMA weights: a row per used belief token (the unused slots' rows are zero and left
+    out), a column per imagined memory token, the video memory's first; each row sums to 1."""
+    return [[[round(v, 5) for v in row] for row in sample if any(row)] for sample in attention.float().cpu().tolist()]
+
+
 class Engine:
     """Batches of rows in, one result dict per row out: ``{"status": "ok", "answer", "seconds"}`` (plus
     ``belief_attention`` with ``explain``) or ``{"status": "error", "reason", "seconds"}``.
 
     Args:
         num_workers: DataLoader worker processes decoding media ahead of the model (0: in this process).
-        explain: one more forward per batch for the belief tokens' video/audio attention share.
+        explain: one more forward per batch for the belief tokens' video/audio attention share
+            (``belief_attention: {"video", "audio"}``); ``"weights"`` adds the MAMA weights themselves
+            (``belief_attention["weights"]``, :func:`belief_weights`).
         labels: a closed label set, or a function row -> its label set (None: none): each ok result then also
             has ``label_scores`` ``{label: probability}`` (summing to 1 over the set, :func:`label_scores`) and
             ``label``, the most probable one. A batch never mixes label sets.
     """
 
     def __init__(self, model, processor, max_new_tokens: int = 64, batch_size: int = 4, num_workers: int = 2,
-                 explain: bool = False, labels: Sequence[str] | Callable[[dict], Sequence[str] | None] | None = None):
+                 explain: bool | str = False,
+                 labels: Sequence[str] | Callable[[dict], Sequence[str] | None] | None = None):
         if batch_size < 1 or max_new_tokens < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens} (both >= 1), "
                              f"num_workers={num_workers} (>= 0)")
@@ -359,7 +397,7 @@ class Engine:
                 labels = self.label_set(good)
                 outputs = dict(zip(map(_name, good), zip(*(self.generate(batch, labels) if labels else
                                                            self.generate(batch)))))
-            except (KeyboardInterrupt, MemoryError):
+            except (KeyboardInterrupt, MemoryError, NonFiniteError):
                 raise
             except Exception as err:  # noqa: BLE001 - one bad clip must not stop a long run
                 if len(good) == 1:
@@ -395,6 +433,7 @@ class Engine:
         batch = to_device(batch, self.model)
         generated = self.model.generate(**batch, **self.forward_kwargs, max_new_tokens=self.max_new_tokens,
                                         do_sample=False, pad_token_id=self.processor.tokenizer.pad_token_id,
+                                        logits_processor=LogitsProcessorList([FiniteLogits(self.model)]),
                                         **({"return_dict_in_generate": True, "output_logits": True} if labels else {}))
         tokens = generated.sequences if labels else generated
         new_tokens = tokens[:, batch["input_ids"].shape[1]:]  # generate returns the prompt + the new tokens
@@ -404,10 +443,16 @@ class Engine:
             out = self.model(**batch, **self.forward_kwargs, output_belief_attention=True, logits_to_keep=1)
             if out.belief_attention is not None:
                 shares = belief_shares(out.belief_attention)
+                if self.explain == "weights":
+                    shares = [None if share is None else {**share, "weights": weights}
+                              for share, weights in zip(shares, belief_weights(out.belief_attention))]
         scores = [None] * len(answers)
         if labels:  # the prompt's pass is generate's: its first-step logits and its cache cut to the prompt
             prompt = prompt_state(generated, batch["input_ids"].shape[1])
-            probs = label_scores(self.model, batch, self.candidates(labels), prompt=prompt).cpu().tolist()
+            probs = label_scores(self.model, batch, self.candidates(labels), prompt=prompt)
+            if not torch.isfinite(probs).all():
+                raise non_finite("label scores", self.model)
+            probs = probs.cpu().tolist()
             scores = [{label: round(p, 6) for label, p in zip(labels, row)} for row in probs]
         return answers, shares, scores
 
@@ -514,79 +559,93 @@ def predict_to_store(path, run: dict, model_path: str, key_fields: Sequence[str]
                      make_engine: Callable[[], Engine],
                      to_records: Callable[[Setting, list[dict], list[dict]], list[dict]], *,
                      retry_errors: bool = False, max_batches: int | None = None,
-                     desc: str = "predicting") -> tuple[bool, PredictionStore | None, int]:
+                     desc: str = "predicting", claim: Callable[[], object] | None = None,
+                     remedy: str = "--new-run to start a fresh run beside it"
+                     ) -> tuple[bool, PredictionStore | None, int]:
     """Predict every (setting, row) of ``work`` not yet in the store at ``path``; return (finished, the store
     read back on the main process (None on the others), clips run by all processes).
 
+    Order (nothing is created before every fast check passed): the store at ``path`` is read and checked (a file
+    of another kind, other settings, a live writer: refused, nothing written); ``make_engine`` loads the model
+    (only when there is work, so a finished run loads none); the first batch runs; only then is the store file
+    created (``claim`` first: the folder it lives in) and its lines appended, one fsynced write per batch.
+
     One process writes the store directly. Under ``accelerate launch`` the pending clips are split between the
     processes, each appends to its own shard file, and the main process merges the shards into the store at the
-    end (and any left by an interrupted run at the start). ``make_engine`` is called only when there is work, so a
-    finished run loads no model. ``to_records`` turns an engine batch into the records to store (without the
-    setting fields, which are added here); ``key_of(row)`` is the row's key fields, in ``key_fields`` order.
+    end (and any left by an interrupted run at the start). ``to_records`` turns an engine batch into the records to
+    store (without the setting fields, which are added here); ``key_of(row)`` is the row's key fields, in
+    ``key_fields`` order.
     """
     path, procs = Path(path), Processes()
-    error, store = None, None
+    error, view = None, None
     if procs.main:
         try:
-            store = PredictionStore(path, run, key_fields, model_path)
-            for shard in shard_files(path):
-                with PredictionStore(shard, None, key_fields) as leftover:
-                    store.merge(leftover)
-                shard.unlink()
-                logger.info("merged %s (left by an interrupted run) into %s", shard, path)
-        except StoreError as err:
+            view = PredictionStore(path, run, key_fields, readonly=True, remedy=remedy)  # another kind, other settings
+            Lock(path).check()  # a live writer (nothing is created to find out)
+            leftovers = shard_files(path)
+            if leftovers:  # an interrupted sharded run's work: the same run's results, merged before anything
+                with PredictionStore(path, run, key_fields, model_path, claim=claim) as store:
+                    for shard in leftovers:
+                        with PredictionStore(shard, None, key_fields) as part:
+                            store.merge(part)
+                        shard.unlink()
+                        logger.info("merged %s (left by an interrupted run) into %s", shard, path)
+                view = PredictionStore(path, None, key_fields, readonly=True)
+        except OwnershipError as err:  # StoreError too
             error = str(err)
-            if store is not None:
-                store.close()
     error = procs.from_main(error)
     if error:
         raise StoreError(error)
-    try:
-        view = store if procs.main else PredictionStore(path, None, key_fields, readonly=True)
-        todo = [(s, row) for s, row in work if not view.done((s.id, *key_of(row)), retry_errors)]
-        mine = procs.split(todo)
-        logger.info("%d of %d clips x settings to predict%s", len(todo), len(work),
-                    f" ({len(mine)} on process {procs.rank} of {procs.world})" if procs.world > 1 else "")
-        finished, n_run = True, 0
-        if todo:
-            out = store if procs.world == 1 else PredictionStore(shard_path(path, procs.rank, procs.world), run,
-                                                                 key_fields, model_path)
-            try:
-                finished, n_run = _predict(out, mine, make_engine, to_records, max_batches, desc, procs)
-            finally:
-                if out is not store:
-                    out.close()
-        finished, n_run = procs.all(finished), procs.total(n_run)
-        procs.barrier()
-        if procs.main and procs.world > 1:
-            for shard in shard_files(path):
-                with PredictionStore(shard, None, key_fields) as part:
-                    store.merge(part)
-                shard.unlink()
-        procs.barrier()
-    finally:
-        if store is not None:
-            store.close()
+    if view is None:
+        view = PredictionStore(path, None, key_fields, readonly=True)
+    if view.records and procs.main:
+        logger.info("%s: %d predictions from an earlier run", path, len(view.records))
+    todo = [(s, row) for s, row in work if not view.done((s.id, *key_of(row)), retry_errors)]
+    mine = procs.split(todo)
+    logger.info("%d of %d clips x settings to predict%s", len(todo), len(work),
+                f" ({len(mine)} on process {procs.rank} of {procs.world})" if procs.world > 1 else "")
+    finished, n_run = True, 0
+    if mine:
+        target = path if procs.world == 1 else shard_path(path, procs.rank, procs.world)
+        finished, n_run = _predict(lambda: PredictionStore(target, run, key_fields, model_path, claim=claim), mine,
+                                   make_engine, to_records, max_batches, desc, procs)
+    finished, n_run = procs.all(finished), procs.total(n_run)
+    procs.barrier()
+    store = None
+    if procs.main:
+        if procs.world > 1 and shard_files(path):
+            with PredictionStore(path, run, key_fields, model_path, claim=claim) as merged:
+                for shard in shard_files(path):
+                    with PredictionStore(shard, None, key_fields) as part:
+                        merged.merge(part)
+                    shard.unlink()
+        store = PredictionStore(path, None, key_fields, readonly=True)  # what the file holds now
+    procs.barrier()
     return finished, store, n_run
 
 
-def _predict(out: PredictionStore, mine, make_engine, to_records, max_batches, desc, procs) -> tuple[bool, int]:
-    engine = make_engine() if mine else None
-    jobs = engine.batches(mine) if mine else []
+def _predict(open_store, mine, make_engine, to_records, max_batches, desc, procs) -> tuple[bool, int]:
+    """Run the engine over ``mine``; the store (``open_store()``) is opened at the first batch's results."""
+    engine = make_engine()
+    jobs = engine.batches(mine)
     if max_batches is not None and len(jobs) > max_batches:
         jobs, finished = jobs[:max_batches], False
     else:
         finished = True
     progress = Progress(sum(len(rows) for _, rows in jobs), desc if procs.world == 1 else f"{desc} [{procs.rank}]")
-    n = 0
+    n, out = 0, None
     try:
-        for setting, rows, results in engine.run(jobs) if engine else ():
+        for setting, rows, results in engine.run(jobs):
             records = [{**setting.record(), **r} for r in to_records(setting, rows, results)]
+            if out is None:  # the model loaded and the first batch went through: now the file may be created
+                out = open_store()
             out.append(records, [setting.record()])
             progress.update([r["status"] for r in records])
             n += len(records)
     finally:
         progress.close()
+        if out is not None:
+            out.close()
     if not finished:
         logger.warning("stopped after --max-batches=%d; rerun the same command to resume", max_batches)
     return finished, n

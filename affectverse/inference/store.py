@@ -3,8 +3,8 @@
 Its first line records the run's settings (model fingerprint, processor, generation, extractor); every prediction
 line names the setting (modality x keep ratio) that made it. Reopened with other settings it stops with the
 differences; a file of another kind is refused, never rewritten; only an unterminated last line is dropped;
-appends are flushed and fsynced per batch; a lock file keeps a second writer out. Standard library only (the
-scorer reads these files without torch).
+appends are flushed and fsynced per batch; a kernel lock (:class:`affectverse.ownership.Lock`) keeps a second
+writer out. Standard library and filelock only (the scorer reads these files without torch).
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from affectverse.ownership import Lock, OwnershipError, atomic_write, disk_full_named
 
 logger = logging.getLogger(__name__)
 
 FORMAT, VERSION = "affectverse-predictions", 1
 
 
-class StoreError(ValueError):
+class StoreError(OwnershipError):
     """A predictions file that cannot be used as asked (other settings, another kind of file, a live writer)."""
 
 
@@ -53,56 +54,6 @@ def fresh_path(path) -> Path:
     raise StoreError(f"{path}: no free name beside it")
 
 
-class Lock:
-    """``PATH.lock`` created with O_CREAT|O_EXCL, holding ``pid host``; a lock whose process is gone (same host)
-    is stale and taken over."""
-
-    def __init__(self, path: Path):
-        self.path = path.with_name(path.name + ".lock")
-        self.held = False
-
-    def acquire(self, target: Path):
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pid, host = self._owner()
-                if host == socket.gethostname() and pid is not None and not _alive(pid):
-                    logger.warning("%s: stale lock of process %d (no longer running); taking it over", self.path, pid)
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise StoreError(f"{target} is being written by another process (pid {pid} on {host}, lock file "
-                                 f"{self.path}); wait for it to finish, or delete the lock file if that process "
-                                 "is gone") from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()} {socket.gethostname()}\n")
-            self.held = True
-            return
-        raise StoreError(f"{self.path}: could not take the lock")
-
-    def _owner(self) -> tuple[int | None, str]:
-        try:
-            pid, host = self.path.read_text().split()
-            return int(pid), host
-        except (OSError, ValueError):
-            return None, "?"
-
-    def release(self):
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class PredictionStore:
     """One run's predictions, a JSON-lines file::
 
@@ -121,16 +72,26 @@ class PredictionStore:
     """
 
     def __init__(self, path, run: dict | None, key_fields: Sequence[str], model_path: str | None = None,
-                 readonly: bool = False):
+                 readonly: bool = False, claim: Callable[[], object] | None = None,
+                 remedy: str = "--new-run to start a fresh run beside it"):
         self.path, self.run, self.key_fields, self.readonly = Path(path), run, tuple(key_fields), readonly
+        self.remedy = remedy
         self.model_path = model_path
         self.records: dict[tuple, dict] = {}  # (setting id, *key) -> last record
         self.settings: dict[str, dict] = {}
         self.header: dict | None = None
         self.lock = Lock(self.path)
-        if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.lock.acquire(self.path)
+        if readonly:
+            self._open()
+            return
+        self._check_head()  # a file of another kind is refused before anything is created beside it
+        if claim is not None:  # the folder the store lives in (an evaluation folder), claimed only now
+            claim()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock.acquire()
+        except OwnershipError as err:
+            raise StoreError(str(err)) from None
         try:
             self._open()
         except BaseException:
@@ -150,6 +111,15 @@ class PredictionStore:
         return (record["setting_id"], *(record[f] for f in self.key_fields))
 
     # ----------------------------------------------------------------------------------------- reading
+    def _check_head(self):
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as fh:
+                head = fh.read(1 << 16).split(b"\n", 1)[0]
+            self._header(head.decode("utf-8", errors="replace"))
+        elif self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder, not a predictions file; it is left untouched: choose a file "
+                             "name")
+
     def _open(self):
         if not self.path.exists() or self.path.stat().st_size == 0:
             if self.readonly:
@@ -165,7 +135,7 @@ class PredictionStore:
             diff = differences(self.header.get("run") or {}, self.run)
             if diff:
                 raise StoreError(f"{self.path} holds predictions made with other settings:\n  " + "\n  ".join(diff)
-                                 + "\nuse another output, or --new-run to start a fresh run beside it")
+                                 + f"\nuse another output, or {self.remedy}")
         for line_no, line in enumerate(lines[1:], 2):
             self._read_line(line_no, line)
         if complete < len(raw):
@@ -173,7 +143,6 @@ class PredictionStore:
                            self.path)
             if not self.readonly:
                 os.truncate(self.path, complete)
-        logger.info("%s: %d predictions from an earlier run", self.path, len(self.records))
 
     def _header(self, line: str) -> dict:
         try:
@@ -204,12 +173,7 @@ class PredictionStore:
     # ----------------------------------------------------------------------------------------- writing
     def _create(self):
         """Write the header atomically (a temporary file renamed), so a new file is never half a header."""
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(self.header, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(self.header, ensure_ascii=False) + "\n")
 
     def done(self, key: tuple, retry_errors: bool = False) -> bool:
         record = self.records.get(key)
@@ -229,7 +193,7 @@ class PredictionStore:
                 raise StoreError(f"{self.path}: record of undeclared setting {record['setting_id']!r}")
             self.key(record)  # every key field present
         lines += records
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with disk_full_named(self.path), open(self.path, "a", encoding="utf-8") as fh:
             fh.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
             fh.flush()
             os.fsync(fh.fileno())
@@ -243,6 +207,16 @@ class PredictionStore:
         new = [r for k, r in other.records.items() if k not in self.records or
                (self.records[k].get("status") == "error" and r.get("status") == "ok")]
         self.append(new, [other.settings[s] for s in other.settings])
+
+
+def is_store(path) -> bool:
+    """Whether ``path`` starts with a predictions header (the store's own record)."""
+    try:
+        with open(path, "rb") as fh:
+            header = json.loads(fh.read(1 << 16).split(b"\n", 1)[0])
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and header.get("format") == FORMAT
 
 
 def shard_path(path: Path, rank: int, world: int) -> Path:

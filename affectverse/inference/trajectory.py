@@ -27,22 +27,27 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from affectverse.inference.engine import MEDIA_ERRORS, MODALITIES, Engine, Setting, _name, modality_row
+from affectverse import ownership
+from affectverse.inference.engine import MEDIA_ERRORS, MODALITIES, Engine, NonFiniteError, Setting, _name, modality_row
 from media_affectverse import audio_seconds, load_audio, load_video, probe, sample_indices
 from processing_affectverse import AffectVerseCollator
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+FIGURE_MARK = "affectverse predict --figure"  # the PNG text chunk by which predict knows its own figure
 
 
 def parse_ratios(text: str | Sequence[float] | None) -> tuple[float, ...]:
     """``"0.1,0.5,1"`` (or a sequence) -> sorted unique ratios in (0, 1]; None: :data:`DEFAULT_RATIOS`."""
     if text is None:
         return DEFAULT_RATIOS
-    values = [float(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip()]
-    if not values or not all(0 < v <= 1 for v in values):
-        raise ValueError(f"observation ratios {text!r}: each must lie in (0, 1]")
+    try:
+        values = [float(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip()]
+    except (TypeError, ValueError):
+        values = []
+    if not values or not all(0 < v <= 1 for v in values):  # NaN fails too
+        raise ValueError(f"--ratios {text!r}: comma-separated observation ratios, each in (0, 1]")
     return tuple(sorted(set(values)))
 
 
@@ -154,7 +159,7 @@ class TrajectoryEngine(Engine):
         try:
             labels = self.label_set(rows)
             outputs = list(zip(*(self.generate(batch, labels) if labels else self.generate(batch))))
-        except (KeyboardInterrupt, MemoryError):
+        except (KeyboardInterrupt, MemoryError, NonFiniteError):
             raise
         except Exception as err:  # noqa: BLE001 - fall back to one prediction per ratio
             logger.warning("%s: trajectory batch failed (%s: %s); predicting ratio by ratio", _name(rows[0]),
@@ -166,10 +171,12 @@ class TrajectoryEngine(Engine):
 
 def trajectory(model, processor, rows: Sequence[dict], ratios: Sequence[float] = DEFAULT_RATIOS,
                labels: Sequence[str] | None = None, modality: str = "avt", max_new_tokens: int = 64,
-               reuse: bool = True, num_workers: int = 0, share_prefix: bool = True) -> list[list[dict]]:
+               reuse: bool = True, num_workers: int = 0, share_prefix: bool = True,
+               explain: bool | str = False) -> list[list[dict]]:
     """Per row (``{"name", "video", "audio", "subtitle"}`` as ``affectverse predict`` builds them), its results
     at each ratio in ascending order: ``{"keep_ratio", "status", "answer", "label", "label_scores", ...}``.
-    ``reuse`` and ``share_prefix``: see the module docstring (the results are the same either way).
+    ``reuse`` and ``share_prefix``: see the module docstring (the results are the same either way); ``explain``:
+    each result's ``belief_attention`` (:class:`Engine`).
 
     Example:
 
@@ -181,7 +188,7 @@ def trajectory(model, processor, rows: Sequence[dict], ratios: Sequence[float] =
     """
     ratios = parse_ratios(ratios)
     engine = TrajectoryEngine(model, processor, max_new_tokens, batch_size=1, num_workers=num_workers,
-                              labels=labels, reuse=reuse, share_prefix=share_prefix)
+                              explain=explain, labels=labels, reuse=reuse, share_prefix=share_prefix)
     work = [(Setting(MODALITIES[modality], r), row) for row in rows for r in ratios]
     out: dict[str, list[dict]] = {}
     for setting, [row], [result] in engine.run(engine.batches(work)):
@@ -190,8 +197,19 @@ def trajectory(model, processor, rows: Sequence[dict], ratios: Sequence[float] =
 
 
 # ================================================================================================== figure
+def is_figure(path) -> bool:
+    """Whether ``path`` is a PNG :func:`plot_trajectories` drew (its text chunk ``Software`` says so)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.info.get("Software") == FIGURE_MARK
+    except (OSError, ValueError):
+        return False
+
+
 def plot_trajectories(curves: dict[str, list[dict]], path, labels: Sequence[str] | None = None,
-                      columns: int = 2, x: str = "keep_ratio", max_strip: int = 20) -> Path:
+                      columns: int = 2, source=None, x: str = "keep_ratio", max_strip: int = 20) -> Path:
     """A PNG like Figure 7: per clip, a strip of the top label with its probability at each observed fraction,
     above the per-label probability curves. ``curves``: ``{clip name: records}`` with ``keep_ratio``,
     ``label_scores`` (and ``label``); several clips make a grid of ``columns`` columns. ``x="seconds"`` draws a
@@ -241,6 +259,8 @@ def plot_trajectories(curves: dict[str, list[dict]], path, labels: Sequence[str]
             ax.legend(fontsize=6, ncol=2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with ownership.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png",
+                    metadata={"Software": FIGURE_MARK, "Source": str(source or "")})
     plt.close(fig)
     return path

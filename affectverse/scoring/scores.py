@@ -55,7 +55,18 @@ def _mean(values: Sequence[float], what: str) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------- HIT
-def hit_score(gt_labels: Sequence, pred_label_lists: Sequence, wheel: EmotionWheel) -> dict:
+def sample_hits(gt, pred, wheel: EmotionWheel, level: int = 1) -> list[float | None]:
+    """One sample's HIT in each wheel: 1.0 when a predicted label falls into a ground-truth cluster, 0.0 when
+    none does, None where the ground truth maps to no cluster (that wheel skips the sample)."""
+    gt, pred = _as_label_list(gt), _as_label_list(pred)
+    hits = []
+    for w in wheel.wheel_indices:
+        gt_clusters = wheel.clusters(gt, w, level)
+        hits.append(float(bool(gt_clusters & wheel.clusters(pred, w, level))) if gt_clusters else None)
+    return hits
+
+
+def hit_score(gt_labels: Sequence, pred_label_lists: Sequence, wheel: EmotionWheel, level: int = 1) -> dict:
     """HIT rate averaged over the five emotion wheels.
 
     Per wheel, a sample whose ground truth maps to no cluster (e.g. ``neutral``) is skipped; otherwise it
@@ -67,21 +78,18 @@ def hit_score(gt_labels: Sequence, pred_label_lists: Sequence, wheel: EmotionWhe
         gt_labels: one ground-truth label per sample (a string, or a list of labels).
         pred_label_lists: one predicted label list per sample (a list, or a string like ``"[a, b]"``).
         wheel: the loaded :class:`~affectverse.scoring.wheel.EmotionWheel`.
+        level: wheel level of the clusters (MER-UniBench: 1; see ``affectverse.scoring.wheel``).
 
     Returns:
         ``{"hit": mean over wheels, "per_wheel": [5 hit rates], "n_scored": [5 counts]}``.
     """
     if len(gt_labels) != len(pred_label_lists):
         raise ValueError(f"{len(gt_labels)} ground-truth labels but {len(pred_label_lists)} predictions")
-    gts = [_as_label_list(g) for g in gt_labels]
-    preds = [_as_label_list(p) for p in pred_label_lists]
+    by_wheel = zip(*(sample_hits(g, p, wheel, level) for g, p in zip(gt_labels, pred_label_lists))) \
+        if len(gt_labels) else [()] * len(wheel.wheel_indices)
     per_wheel, n_scored = [], []
-    for w in wheel.wheel_indices:
-        hits = []
-        for gt, pred in zip(gts, preds):
-            gt_clusters = wheel.clusters(gt, w)
-            if gt_clusters:
-                hits.append(float(bool(gt_clusters & wheel.clusters(pred, w))))
+    for w, column in zip(wheel.wheel_indices, by_wheel):
+        hits = [h for h in column if h is not None]
         per_wheel.append(_mean(hits, f"HIT wheel {w}"))
         n_scored.append(len(hits))
     return {"hit": float(np.mean(per_wheel)), "per_wheel": per_wheel, "n_scored": n_scored}
@@ -127,23 +135,30 @@ def _set_precision_recall(gt: set[str], pred: set[str]) -> tuple[float, float]:
     return overlap / len(pred), overlap / len(gt)
 
 
-def ovmerd_scores(gt_sets: Sequence, pred_sets: Sequence, wheel: EmotionWheel) -> dict:
+def sample_set_scores(gt, pred, wheel: EmotionWheel, level: int = 1) -> list[tuple[float, float] | None]:
+    """One sample's set (precision, recall) in each wheel, None where the ground truth maps to nothing."""
+    gt, pred = _as_label_list(gt), _as_label_list(pred)
+    pairs = [(wheel.clusters(gt, w, level), wheel.clusters(pred, w, level)) for w in wheel.wheel_indices]
+    return [_set_precision_recall(g, p) if g else None for g, p in pairs]
+
+
+def ovmerd_scores(gt_sets: Sequence, pred_sets: Sequence, wheel: EmotionWheel, level: int = 1) -> dict:
     """Emotion-wheel level-1 set precision, recall and F-score, averaged over the five wheels.
 
     Per wheel: samples whose ground truth maps to nothing are skipped; an empty mapped prediction gives
-    P = R = 0; P_w, R_w are means over samples and F_w = 2 P_w R_w / (P_w + R_w).
+    P = R = 0; P_w, R_w are means over samples and F_w = 2 P_w R_w / (P_w + R_w). ``level``: wheel level of the
+    clusters (MER-UniBench: 1).
 
     Returns:
         ``{"f1", "precision", "recall"}`` (means over wheels), ``"per_wheel"`` (5 dicts) and ``"n_scored"``.
     """
     if len(gt_sets) != len(pred_sets):
         raise ValueError(f"{len(gt_sets)} ground-truth sets but {len(pred_sets)} predictions")
-    gts = [_as_label_list(g) for g in gt_sets]
-    preds = [_as_label_list(p) for p in pred_sets]
+    by_wheel = zip(*(sample_set_scores(g, p, wheel, level) for g, p in zip(gt_sets, pred_sets))) \
+        if len(gt_sets) else [()] * len(wheel.wheel_indices)
     per_wheel, n_scored = [], []
-    for w in wheel.wheel_indices:
-        pairs = [(wheel.clusters(g, w), wheel.clusters(p, w)) for g, p in zip(gts, preds)]
-        scored = [_set_precision_recall(g, p) for g, p in pairs if g]
+    for w, column in zip(wheel.wheel_indices, by_wheel):
+        scored = [pr for pr in column if pr is not None]
         precision = _mean([p for p, _ in scored], f"OV precision wheel {w}")
         recall = _mean([r for _, r in scored], f"OV recall wheel {w}")
         f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)

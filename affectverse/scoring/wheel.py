@@ -8,6 +8,10 @@ The rules are those of AffectGPT's official scorer (see ``shared/merunibench/REA
 3. among those candidates, sorted alphabetically, the first that occurs in wheel ``w`` gives its level-1
    root; none -> unmapped.
 
+``level=2`` (or 3) keeps the same rules but stops at a finer ring of the wheel: a word maps to its ancestor at that
+level, or to itself when it sits above it (a level-1 root stays itself). MER-UniBench scores level 1 only; the finer
+levels serve the GRPO reward (``affectverse.training.rewards``), which may ask for a finer match (docs/design_training.md).
+
 Example:
     >>> wheel = EmotionWheel("shared/merunibench/emotion_wheel")  # doctest: +SKIP
     >>> wheel.cluster("Happiness", 1), wheel.cluster("neutral", 1)  # doctest: +SKIP
@@ -92,8 +96,9 @@ def _read_synonyms(path: Path) -> dict[str, set[str]]:
     return synonyms
 
 
-def _read_wheel(path: Path) -> dict[str, str]:
-    """``wheelN.xlsx`` -> {word at any level: its level-1 root}; merged cells are forward-filled per column.
+def _read_wheel(path: Path, level: int = 1) -> dict[str, str]:
+    """``wheelN.xlsx`` -> {word at any level: its ancestor at ``level``, itself above it}; merged cells are
+    forward-filled per column. With ``level=1`` every word maps to its level-1 root (the official scorer).
 
     Words are assigned level1 by level1, then level2, then level3 in file order, a later assignment winning,
     as in the official scorer.
@@ -105,13 +110,13 @@ def _read_wheel(path: Path) -> dict[str, str]:
     for level1, level2, level3 in frame.itertuples(index=False):
         level1, level2, level3 = (str(v).strip().lower() for v in (level1, level2, level3))
         tree.setdefault(level1, {}).setdefault(level2, []).append(level3)
-    root_of: dict[str, str] = {}
+    node_of: dict[str, str] = {}
     for level1, branches in tree.items():
-        root_of[level1] = level1
+        node_of[level1] = level1
         for level2, leaves in branches.items():
-            root_of[level2] = level1
-            root_of.update({leaf: level1 for leaf in leaves})
-    return root_of
+            node_of[level2] = level1 if level == 1 else level2
+            node_of.update({leaf: (level1, level2, leaf)[min(level, 3) - 1] for leaf in leaves})
+    return node_of
 
 
 class EmotionWheel:
@@ -129,7 +134,8 @@ class EmotionWheel:
             raise EmotionWheelError(f"{self.directory}: emotion-wheel folder not found")
         self._forms = _read_forms(self.directory / "format.csv")
         self._synonyms = _read_synonyms(self.directory / "synonym.xlsx")
-        self._wheels = [_read_wheel(self.directory / f"wheel{w}.xlsx") for w in range(1, N_WHEELS + 1)]
+        self._wheels = {level: [_read_wheel(self.directory / f"wheel{w}.xlsx", level) for w in range(1, N_WHEELS + 1)]
+                        for level in range(1, len(WHEEL_LEVELS) + 1)}  # {level: [word -> node] per wheel}
         self.cluster = lru_cache(maxsize=None)(self._cluster)
 
     def candidates(self, word: str) -> list[str]:
@@ -137,16 +143,19 @@ class EmotionWheel:
         bases = self._forms.get(str(word).strip().lower(), ())
         return sorted({c for base in bases for c in self._synonyms.get(base, ())})
 
-    def _cluster(self, word: str, wheel_index: int) -> str | None:
-        """Level-1 root of ``word`` in wheel ``wheel_index`` (1..5), or ``None`` when unmapped."""
+    def _cluster(self, word: str, wheel_index: int, level: int = 1) -> str | None:
+        """Level-1 root (or node at ``level``, see the module docstring) of ``word`` in wheel ``wheel_index``
+        (1..5), or ``None`` when unmapped."""
         if not 1 <= wheel_index <= N_WHEELS:
             raise ValueError(f"wheel_index must be in 1..{N_WHEELS}, got {wheel_index}")
-        roots = self._wheels[wheel_index - 1]
-        return next((roots[c] for c in self.candidates(word) if c in roots), None)
+        if level not in self._wheels:
+            raise ValueError(f"wheel level must be one of {sorted(self._wheels)}, got {level}")
+        nodes = self._wheels[level][wheel_index - 1]
+        return next((nodes[c] for c in self.candidates(word) if c in nodes), None)
 
-    def clusters(self, words: Iterable[str], wheel_index: int) -> set[str]:
-        """The set of level-1 roots of ``words`` in one wheel; unmapped words are dropped."""
-        mapped = (self.cluster(str(w).strip().lower(), wheel_index) for w in words)
+    def clusters(self, words: Iterable[str], wheel_index: int, level: int = 1) -> set[str]:
+        """The set of level-1 roots (nodes at ``level``) of ``words`` in one wheel; unmapped words are dropped."""
+        mapped = (self.cluster(str(w).strip().lower(), wheel_index, level) for w in words)
         return {c for c in mapped if c is not None}
 
     @property

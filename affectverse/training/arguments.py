@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
+from trl import GRPOConfig
 
+from affectverse.training.rewards import DEFAULT_REWARDS, parse_rewards
 from configuration_affectverse import AffectVerseConfig, list_presets, preset_fields
 
 # The language model's attention projections only. A plain ["q_proj", "k_proj", "v_proj", "o_proj"] would also
@@ -28,6 +30,23 @@ TINY_TRAINING_ARGS = [
     "--generation_eval_samples", "16",
 ]
 TINY_DATA_ARGS = ["--manifest", TINY_CLIPS, "--generate_clips", "120"]
+
+# `train.py --method grpo` without --model_name_or_path: a short sft run of the tiny preset on the same clips is the
+# starting model (3 epochs instead of 4: it answers about 4 held-out clips in 10 right and half of its answers are
+# malformed, so GRPO has room to improve), then GRPO from it with these arguments (given arguments come after, so
+# they win): 40 steps of 4 clips x 4 sampled answers at temperature 0.7, held-out rewards on the 24 test clips.
+TINY_GRPO_START = "outputs/affectverse-tiny-grpo-start"
+TINY_GRPO_START_ARGS = ["--output_dir", TINY_GRPO_START, "--num_train_epochs", "3", "--generation_eval_samples", "0",
+                        "--eval_strategy", "no"]
+TINY_GRPO_ARGS = [
+    "--output_dir", "outputs/affectverse-tiny-grpo", "--emotion_wheel", "data/tiny_clips/emotion_wheel",
+    "--generate_wheel", "--num_generations", "4", "--per_device_train_batch_size", "16",
+    "--max_completion_length", "16", "--length_budget", "12", "--temperature", "0.7", "--learning_rate", "1e-3",
+    "--max_steps", "40", "--save_steps", "20", "--held_out_samples", "24", "--eval_split", "test",
+]
+
+
+METHODS = ("sft", "grpo")
 
 
 @dataclass
@@ -60,8 +79,14 @@ class ModelArguments:
         "Run the Python code of the --model_name_or_path folder (its auto_map classes) instead of this project's "
         "classes. Off by default: an AffectVerse folder loads with the project's own classes, no code of the folder "
         "runs and nothing prompts.")})
+    method: str = field(default="sft", metadata={"help": (
+        "sft: supervised fine-tuning with the paper's recipe (A.3). grpo: reinforcement fine-tuning with trl's GRPO on "
+        "the emotion-wheel reward (affectverse/training/grpo.py), from an AffectVerse folder (typically an sft run's "
+        "output); without --model_name_or_path the embedded default first trains a short sft warm start.")})
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"--method {self.method!r}; expected one of {', '.join(METHODS)}")
         if self.preset is not None:
             preset_fields(self.preset)  # an unknown name is an error naming the known ones
         if self.model_dtype not in ("auto", "bfloat16", "float32"):
@@ -170,6 +195,90 @@ class AffectVerseTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
+@dataclass
+class AffectVerseGRPOConfig(GRPOConfig):
+    """trl's GRPOConfig for ``train.py --method grpo``: AffectVerse's defaults, the rewards and the EWM options.
+
+    Every trl option stays available (``--num_generations``, ``--beta``, ``--temperature``, ``--loss_type``, ...);
+    ``--use_vllm`` is refused (vLLM would generate without the Emotion World Module).
+    """
+
+    output_dir: str | None = field(default="outputs/affectverse-grpo", metadata={"help": (
+        "Run folder: run_args.json, checkpoints, the merged export, adapter/ and results.json.")})
+    learning_rate: float = field(default=1e-5, metadata={"help": (
+        "Peak AdamW learning rate of LoRA and the EWM (trl's 1e-6 default is meant for full fine-tuning).")})
+    beta: float = field(default=0.04, metadata={"help": (
+        "KL coefficient against the reference policy, the adapter-disabled model (LoRA off, the EWM as loaded: no "
+        "second copy in memory). 0.04 is DeepSeekMath's GRPO value; trl's default 0 drops the KL term.")})
+    num_generations: int | None = field(default=8, metadata={"help": "Sampled answers per prompt (the group, G)."})
+    max_completion_length: int | None = field(default=64, metadata={"help": (
+        "Token budget of each sampled answer (AffectVerse answers in one sentence).")})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": (
+        "Completions per device per step: per_device_train_batch_size x processes x steps_per_generation must be a "
+        "multiple of --num_generations.")})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training prompts."})
+    logging_steps: float = field(default=1, metadata={"help": (
+        "Log every N steps: each reward's mean and std, KL, completion lengths, truncated (completions/clipped_ratio) "
+        "and PPO-clipped (clip_ratio/*) fractions, entropy.")})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N optimizer steps."})
+    save_total_limit: int | None = field(default=3, metadata={"help": "Keep at most this many checkpoints."})
+    bf16: bool | None = field(default=None, metadata={"help": (
+        "bf16 mixed precision. Unset: on when a CUDA GPU supports bf16, off otherwise (CPU).")})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": (
+        "Recompute activations in the backward pass (trl's default is on; off here as in sft).")})
+    disable_dropout: bool = field(default=True, metadata={"help": (
+        "Set every dropout to 0 (LoRA's too), so the policy's log-prob pass scores the answers of the model that "
+        "sampled them.")})
+    ddp_find_unused_parameters: bool | None = field(default=True, metadata={"help": (
+        "DDP: True because the EWM skips branches per batch.")})
+    dataloader_num_workers: int = field(default=0, metadata={"help": (
+        "DataLoader workers; the rows are file names, media are decoded when a prompt is rolled out.")})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": (
+        "Experiment trackers (none, tensorboard, wandb, ...).")})
+    trust_remote_code: bool = field(default=False, init=False)  # --trust_remote_code is ModelArguments'
+    # -- not in GRPOConfig --
+    rewards: str = field(default=DEFAULT_REWARDS, metadata={"help": (
+        "Rewards and their weights, name=weight pairs (affectverse/training/rewards.py): emotion_wheel (the "
+        "MER-UniBench emotion-wheel score, needs --emotion_wheel), accuracy (closed-set accuracy), answer_format "
+        "(the trained answer form, ended), length_penalty (0 up to --length_budget tokens, down to -1).")})
+    emotion_wheel: str | None = field(default=None, metadata={"help": (
+        "MER-UniBench's emotion_wheel/ folder (format.csv, synonym.xlsx, wheel1..5.xlsx) for the emotion_wheel "
+        "reward.")})
+    wheel_level: int = field(default=1, metadata={"help": (
+        "Wheel level the emotion_wheel reward matches at: 1 (MER-UniBench's clusters), 2 or 3 (finer rings).")})
+    length_budget: int = field(default=32, metadata={"help": "Completion tokens the length penalty lets pass."})
+    freeze_ewm: bool = field(default=False, metadata={"help": "Train LoRA only; the EWM stays as loaded."})
+    imagination_weight: float = field(default=0.0, metadata={"help": (
+        "Add this weight x the imagination loss L_img (Eq. 21; one more forward per micro-batch, in training mode "
+        "with the temporal split) to the GRPO loss. 0: off.")})
+    generate_wheel: bool = field(default=False, metadata={"help": (
+        "If --emotion_wheel does not exist, write the hand-made mini wheel there (affectverse/default/wheel.py; the "
+        "embedded default's stand-in for MER-UniBench's).")})
+    held_out_samples: int = field(default=64, metadata={"help": (
+        "Before and after training, greedy answers for this many --eval_split samples: each reward's mean and "
+        "closed-set accuracy (0: skip).")})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": (
+        "Start afresh in an --output_dir that holds another run (files there are overwritten, not deleted).")})
+    export_merged: bool = field(default=True, metadata={"help": (
+        "After training, write the merged model and processor to --output_dir and LoRA + EWM to "
+        "--output_dir/adapter.")})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if self.use_vllm:
+            raise ValueError("--use_vllm is refused: vLLM would sample from its own copy of the language model, "
+                             "without the Emotion World Module's beliefs, so the rollouts would not be this model's")
+        if self.wheel_level not in (1, 2, 3):
+            raise ValueError(f"--wheel_level {self.wheel_level}: expected 1, 2 or 3")
+        if self.imagination_weight < 0:
+            raise ValueError(f"--imagination_weight {self.imagination_weight}: must be >= 0")
+        if any(name == "emotion_wheel" for name, _ in parse_rewards(self.rewards)) and not self.emotion_wheel:
+            raise ValueError("--rewards emotion_wheel needs --emotion_wheel DIR (MER-UniBench's emotion_wheel/ "
+                             "folder); or leave emotion_wheel out of --rewards")
+        super().__post_init__()
+
+
 # The arguments that define a run (compared against an existing output folder's run_args.json). Logging,
 # saving, evaluation and export options may change between a run and its resumption.
 RUN_TRAINING_KEYS = (
@@ -177,8 +286,17 @@ RUN_TRAINING_KEYS = (
     "max_grad_norm", "optim", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
     "max_steps", "seed", "data_seed", "bf16", "fp16",
 )
+GRPO_RUN_KEYS = RUN_TRAINING_KEYS + (
+    "num_generations", "max_completion_length", "temperature", "top_p", "top_k", "beta", "epsilon", "epsilon_high",
+    "loss_type", "scale_rewards", "importance_sampling_level", "num_iterations", "steps_per_generation",
+    "mask_truncated_completions", "disable_dropout", "rewards", "emotion_wheel", "wheel_level", "length_budget",
+    "freeze_ewm", "imagination_weight",
+)
 RUN_DATA_EXCLUDED = ("check_media", "max_eval_samples", "eval_split", "preflight_workers")
 RUN_MODEL_EXCLUDED = ("trust_remote_code",)
+# What a run_args.json written before a field existed trained with (audio: the separate layout and whole-clip
+# features were the only ones before issue 20).
+RECORD_DEFAULTS = {"method": "sft", "audio_layout": "separate", "audio_features": "clip"}
 
 
 def parse_overrides(text: str) -> dict:
@@ -211,9 +329,9 @@ def config_overrides(model_args) -> dict:
     return {**preset, **parse_overrides(model_args.ewm_overrides)}
 
 
-def run_record(model_args, data_args, training_args) -> dict:
-    """What defines this run, as written to run_args.json."""
+def run_record(model_args, data_args, training_args, keys=RUN_TRAINING_KEYS) -> dict:
+    """What defines this run, as written to run_args.json (``keys``: the training arguments that count)."""
     model = {k: v for k, v in asdict(model_args).items() if k not in RUN_MODEL_EXCLUDED}
     data = {k: v for k, v in asdict(data_args).items() if k not in RUN_DATA_EXCLUDED}
-    train = {k: getattr(training_args, k) for k in RUN_TRAINING_KEYS}
+    train = {k: getattr(training_args, k) for k in keys}
     return json.loads(json.dumps({"model": model, "data": data, "training": train}, default=str))

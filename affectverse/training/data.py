@@ -10,6 +10,7 @@ from affectverse.default.clips import generate_clips
 from affectverse.scoring.score import BENCHMARKS as SCORED
 from affectverse.scoring.scores import map_to_label_set
 from affectverse.training import preflight
+from affectverse.training.run_folder import claim
 
 logger = logging.getLogger("train")
 
@@ -100,10 +101,14 @@ def screen_data(train, evaluation, processor, data_args, out: Path, main_process
     """
     if not data_args.check_media:
         return train, evaluation
+    if main_process:  # its verdicts are the run's first file: the folder is claimed for them (ownership)
+        claim(out)
     bad = preflight.check_splits({"train": train, "eval": evaluation}, processor, out / "preflight_cache.json",
                                  data_args.preflight_workers, save_cache=main_process)
     if not bad:
         logger.info("pre-flight check: all %d samples usable", len(train) + (len(evaluation) if evaluation else 0))
+        if main_process and (out / "bad_samples.jsonl").is_file():  # an earlier check's list: no longer true
+            (out / "bad_samples.jsonl").unlink()
         return train, evaluation
     if not data_args.skip_bad_samples:
         raise ValueError(f"pre-flight check: {len(bad)} bad samples; nothing was trained. Fix or remove them, or pass "

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from affectverse import hub
+from affectverse import checkpoint, hub, ownership
 from affectverse.training.model import load_model
-from affectverse.training.run_folder import explain_disk_full
+from affectverse.training.run_folder import claim, explain_disk_full
 
 
 def export(trainer, processor, model_args, data_args, out: Path, record: dict | None = None,
@@ -27,6 +27,8 @@ def export(trainer, processor, model_args, data_args, out: Path, record: dict | 
     Returns the merged model on the main process (None elsewhere). Merging folds LoRA into the trainer's model in
     place: call it after training. ``record`` (run_args.json) and ``facts`` (:func:`card_facts`) go into the card.
     """
+    if trainer.is_world_process_zero():
+        claim(out)  # the run folder (its record gets the merged model's identity below)
     with explain_disk_full(out / "adapter", "exporting the adapter to"):
         trainer.save_model(str(out / "adapter"))  # gathers sharded (FSDP/ZeRO) weights; the main process writes
     trainer.accelerator.wait_for_everyone()
@@ -39,7 +41,7 @@ def export(trainer, processor, model_args, data_args, out: Path, record: dict | 
         f"affectverse-tiny-random: not saved; AffectVerseForConditionalGeneration(affectverse.default.tiny.tiny_config("
         f"{model_args.ewm_overrides or ''})) built after transformers.set_seed({trainer.args.seed})")
     adapter["task_type"] = "CAUSAL_LM"
-    adapter_config.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
+    ownership.atomic_write(adapter_config, json.dumps(adapter, indent=2, sort_keys=True) + "\n")
     if trainer.is_fsdp_enabled:  # parameters are sharded: rebuild from the saved adapter on the CPU
         base, _ = load_model(model_args, data_args, trainer.args)
         model = PeftModel.from_pretrained(base, str(out / "adapter"))
@@ -55,6 +57,7 @@ def export(trainer, processor, model_args, data_args, out: Path, record: dict | 
         # the classes register for auto classes: code files and auto_map come along; README.md is the model card
         hub.export_for_hub(merged, processor, out, training_args=record, base_model=card_base_model(model_args),
                            run=facts)
+        ownership.update_record(out, identity=checkpoint.identity_record(out))  # computed once, at the save
     return merged
 
 

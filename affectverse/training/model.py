@@ -2,70 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoConfig, PreTrainedConfig, set_seed
+from transformers import AutoConfig, set_seed
 
+from affectverse import checkpoint
 from affectverse.default.tiny import tiny_config, tiny_processor
-from affectverse.training import preflight
 from affectverse.training.arguments import config_overrides
 from configuration_affectverse import AffectVerseConfig
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from processing_affectverse import AffectVerseProcessor
 
-SUPPORTED_MODEL_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker", "affectverse")
+SUPPORTED_MODEL_TYPES = checkpoint.BASE_TYPES + checkpoint.AFFECTVERSE_TYPES
+OPTION = "--model_name_or_path"
 
 
 def check_checkpoint(path: str) -> str:
-    """The checkpoint's model_type; a clear error for a folder that is not a Qwen2.5-Omni/AffectVerse model."""
-    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
-        raise ValueError(f"--model_name_or_path {path!r}: no config.json in this folder (not a model checkpoint)")
-    try:
-        config, _ = PreTrainedConfig.get_config_dict(path)
-    except OSError as err:
-        raise ValueError(f"--model_name_or_path {path!r}: no readable config.json ({err})") from None
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"--model_name_or_path {path!r} is a {model_type!r} checkpoint; AffectVerse fine-tunes "
-                         f"Qwen2.5-Omni (config model_type one of {SUPPORTED_MODEL_TYPES})")
-    if Path(path).is_dir():
-        check_weight_files(Path(path))
-    return model_type
-
-
-def check_weight_files(folder: Path):
-    """Safetensors weights whose header and size agree, every shard an index names present; pickle weights refused.
-
-    Reads only headers, so a truncated or missing file is named before anything loads.
-    """
-    index = folder / "model.safetensors.index.json"
-    shards = sorted(folder.glob("*.safetensors"))
-    if index.is_file():
-        try:
-            named = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{index}: unreadable shard index ({err})") from None
-        missing = [name for name in named if not (folder / name).is_file()]
-        if missing:
-            raise ValueError(f"{index} names shards that are missing: {', '.join(missing)}")
-    if not shards:
-        pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(pattern))
-        detail = (f"it holds only pickle weights ({', '.join(pickles)}), which are refused: loading them can run code; "
-                  "convert them to safetensors") if pickles else "it holds no *.safetensors weights"
-        raise ValueError(f"--model_name_or_path {folder}: {detail}")
-    for shard in shards:
-        problem = preflight.safetensors_problem(shard)
-        if problem:
-            raise ValueError(f"{shard}: {problem}")
-
-
-def register_local_classes():
-    """Let transformers' Auto classes resolve ``model_type: affectverse`` to this project's config class, so a
-    tokenizer or processor load from an AffectVerse folder neither runs the folder's code nor prompts y/N."""
-    AutoConfig.register(AffectVerseConfig.model_type, AffectVerseConfig, exist_ok=True)
+    """The checkpoint's model_type; a clear error for a folder that is not a Qwen2.5-Omni/AffectVerse model
+    (:func:`affectverse.checkpoint.inspect`: config, weight files, what the folder is instead)."""
+    folder = checkpoint.resolve(path, OPTION)
+    return checkpoint.inspect(folder, OPTION, allowed=SUPPORTED_MODEL_TYPES)["model_type"]
 
 
 PROCESSOR_FILES = {  # what AffectVerseProcessor.from_pretrained needs in a folder: one file (set) of each entry
@@ -93,7 +51,7 @@ def load_processor(model_args, data_args, config):
     if path is None:
         base = tiny_processor()
     else:
-        register_local_classes()
+        checkpoint.register_local_classes()
         folder = Path(path)
         if folder.is_dir():
             missing = [part + " (" + " or ".join(" + ".join(s) for s in options) + ")"
@@ -131,37 +89,37 @@ def load_model(model_args, data_args, training_args, processor=None):
     dtype = model_args.model_dtype
     if dtype == "auto":
         dtype = "bfloat16" if training_args.bf16 else "float32"
-    kwargs = {"dtype": getattr(torch, dtype)}
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    path, overrides = model_args.model_name_or_path, config_overrides(model_args)
-    try:
-        if model_args.trust_remote_code:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, **kwargs, **overrides)
-        else:
-            model = AffectVerseForConditionalGeneration.from_pretrained(path, **kwargs, **overrides)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"--model_name_or_path {path}: the model does not load ({type(err).__name__}: {err})") \
-            from None
+    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    folder = checkpoint.resolve(model_args.model_name_or_path, OPTION)
+    # verified: weights checked against the config before allocation; from a Qwen2.5-Omni base the EWM is new
+    model = checkpoint.load_verified(folder, getattr(torch, dtype), trust_remote_code=model_args.trust_remote_code,
+                                     option=OPTION, allowed=SUPPORTED_MODEL_TYPES,
+                                     overrides=config_overrides(model_args), **kwargs)
     return model, processor
 
 
-def add_lora(model, model_args):
-    """Wrap ``model`` with LoRA on ``lora_target_modules``; the EWM is trained in full through modules_to_save.
+def lora_config(model, model_args, train_ewm: bool = True) -> LoraConfig:
+    """LoRA on ``lora_target_modules``; with ``train_ewm`` the EWM is trained in full through modules_to_save.
 
     ``modules_to_save=["ewm"]`` rather than ``requires_grad_(True)``: peft then saves the EWM with the adapter
-    (every Trainer checkpoint and the ``adapter/`` export hold it, and resuming restores it), and
-    ``merge_and_unload`` puts the trained copy back in place.
+    (every Trainer checkpoint and the ``adapter/`` export hold it, and resuming restores it), ``merge_and_unload``
+    puts the trained copy back in place, and ``disable_adapter()`` gives back the original EWM (GRPO's reference).
     """
-    config = LoraConfig(
+    return LoraConfig(
         r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
         target_modules=model_args.lora_target_modules,
-        modules_to_save=["ewm"] if model.ewm is not None else None,
+        modules_to_save=["ewm"] if train_ewm and model.ewm is not None else None,
     )
-    model = get_peft_model(model, config)
-    for param in model.parameters():  # bf16 backbone: keep the optimised weights in fp32
+
+
+def keep_trainable_fp32(model):
+    """Cast the trainable parameters to fp32 in place (a bf16 backbone's LoRA and EWM copies are optimised in fp32)."""
+    for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
     return model
+
+
+def add_lora(model, model_args):
+    """Wrap ``model`` with LoRA and the trainable EWM (:func:`lora_config`); trainable weights in fp32."""
+    return keep_trainable_fp32(get_peft_model(model, lora_config(model, model_args)))

@@ -28,6 +28,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from affectverse.checkpoint import safetensors_problem  # noqa: F401 - checkpoint files are checked in one place
+from affectverse.ownership import atomic_write
 from media_affectverse import AUDIO_SHORTFALL, decoder_reason, single_threaded, stream_seconds, wav_duration
 from processing_affectverse import answer_from_label
 
@@ -158,9 +160,7 @@ class ProbeCache:
 
     def save(self):
         if self.path is not None and self.writable:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": self.entries}) + "\n")
-            os.replace(tmp, self.path)
+            atomic_write(self.path, json.dumps({"version": CACHE_VERSION, "entries": self.entries}) + "\n")
 
 
 def probe_all(needs, cache: ProbeCache, workers: int = 2) -> dict[tuple, str | None]:
@@ -182,25 +182,6 @@ def probe_all(needs, cache: ProbeCache, workers: int = 2) -> dict[tuple, str | N
         logger.info("pre-flight: probed %d media files in %.1f s (%d from the cache)", len(todo),
                     time.perf_counter() - t0, len(verdicts) - len(todo))
     return verdicts
-
-
-# ---------------------------------------------------------------------------------------------- weight files
-def safetensors_problem(path) -> str | None:
-    """Why a ``.safetensors`` file cannot load (cut short, not safetensors), from its header alone; None if fine."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n < 0 or n > size - 8:
-            return f"truncated or not a safetensors file ({size} bytes; the header length field says {n})"
-        try:
-            header = json.loads(fh.read(n))
-            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
-            return "not a safetensors file (unreadable header)"
-    if 8 + n + end > size:
-        return f"truncated: {size} bytes, its header describes {8 + n + end}"
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ text length
@@ -277,7 +258,7 @@ def drop_bad(ds, bad: list[BadSample], split: str):
 
 def write_bad_samples(path: Path, bad: list[BadSample]):
     """One JSON line per bad sample: split, name, file, reason."""
-    path.write_text("".join(json.dumps(asdict(b), ensure_ascii=False) + "\n" for b in bad))
+    atomic_write(path, "".join(json.dumps(asdict(b), ensure_ascii=False) + "\n" for b in bad))
 
 
 def describe(bad: list[BadSample], limit: int = 50) -> str:

@@ -39,15 +39,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import transformers
 from transformers import HfArgumentParser
 
 from affectverse import hub
-from affectverse.inference.engine import MODALITIES, Engine, Setting
-from affectverse.scoring.scores import map_to_label_set
+from affectverse.training import grpo
 from affectverse.training.arguments import (
     TINY_DATA_ARGS,
+    TINY_GRPO_ARGS,
+    TINY_GRPO_START,
+    TINY_GRPO_START_ARGS,
     TINY_TRAINING_ARGS,
     AffectVerseTrainingArguments,
     DataArguments,
@@ -57,18 +58,53 @@ from affectverse.training.arguments import (
 )
 from affectverse.training.data import load_data, screen_data
 from affectverse.training.export import card_base_model, card_facts, export
+from affectverse.training.generation import generation_accuracy
 from affectverse.training.model import add_lora, check_checkpoint, load_config, load_model, load_processor
-from affectverse.training.run_folder import check_output_dir, check_writable, checkpoints, write_results
+from affectverse.training.run_folder import (
+    check_output_dir,
+    check_writable,
+    checkpoints,
+    write_results,
+    write_run_args,
+)
 from affectverse.training.trainer import AffectVerseTrainer, whole_run_train_loss
-from processing_affectverse import AffectVerseCollator, extract_labels
+from processing_affectverse import AffectVerseCollator
 
 logger = logging.getLogger("train")
+
+
+def given_options(argv) -> set[str]:
+    return {a.split("=")[0] for a in argv if a.startswith("--")}
+
+
+def method_of(argv) -> str:
+    """The value of ``--method`` in ``argv`` (sft when absent; ModelArguments checks it)."""
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return "sft"
+
+
+def grpo_args(argv: list) -> list:
+    """The arguments of a GRPO run; without ``--model_name_or_path`` the embedded default's (``TINY_GRPO_ARGS``),
+    whose starting model is a one-epoch sft run of the tiny preset, trained once into ``TINY_GRPO_START``."""
+    given = given_options(argv)
+    if "--model_name_or_path" in given or "--help" in given:
+        return argv
+    if not (Path(TINY_GRPO_START) / "model.safetensors").is_file():
+        logger.info("embedded default: training the starting model of the GRPO run (one sft epoch) into %s",
+                    TINY_GRPO_START)
+        main(TINY_GRPO_START_ARGS)
+    data = [] if given & {"--manifest", "--benchmarks"} else TINY_DATA_ARGS
+    return TINY_GRPO_ARGS + ["--model_name_or_path", TINY_GRPO_START] + data + argv
 
 
 def parse_args(argv=None):
     """(ModelArguments, DataArguments, AffectVerseTrainingArguments); the tiny preset's defaults without a model."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    given = given_options(argv)
     if "--model_name_or_path" not in given:
         argv = TINY_TRAINING_ARGS + ([] if given & {"--manifest", "--benchmarks"} else TINY_DATA_ARGS) + argv
     prog = "train.py" if Path(sys.argv[0]).name == "train.py" else "affectverse train"
@@ -77,41 +113,19 @@ def parse_args(argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-@torch.no_grad()
-def generation_accuracy(model, processor, dataset, label_sets, n_samples: int, max_new_tokens: int,
-                        batch_size: int = 4) -> dict | None:
-    """Greedy answers for the first ``n_samples`` held-out emotion samples, mapped onto their closed label set.
-
-    Runs on ``affectverse.inference.engine.Engine`` (media decoded in this process; a clip that fails counts as wrong)."""
-    rows = [r for r in dataset if r["task"] == "emotion" and r["benchmark"] in label_sets][:n_samples]
-    if not rows:
-        return None
-    model.eval()
-    engine = Engine(model, processor, max_new_tokens, batch_size, num_workers=0)
-    correct, examples = 0, []
-    for _, chunk, results in engine.run(engine.batches([(Setting(MODALITIES["avt"]), row) for row in rows])):
-        for row, result in zip(chunk, results):
-            label_set = label_sets[row["benchmark"]]
-            truth = map_to_label_set([row["emotion"].lower()], label_set)
-            answer = result.get("answer", "")
-            guess = map_to_label_set(extract_labels(answer), label_set) if result["status"] == "ok" else None
-            correct += result["status"] == "ok" and guess == truth
-            examples.append({"name": row["name"], "label": truth, "answer": answer, "prediction": guess,
-                             **({"error": result["reason"]} if result["status"] == "error" else {})})
-    sets = {tuple(label_sets[r["benchmark"]]) for r in rows}
-    label_set = list(sets.pop()) if len(sets) == 1 else None  # for the chance level, when there is one set
-    return {"accuracy": correct / len(rows), "n": len(rows), "label_set": label_set, "examples": examples[:8]}
-
-
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if method_of(argv) == "grpo":  # reinforcement fine-tuning: affectverse/training/grpo.py
+        return grpo.main(grpo_args(argv))
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     t0 = time.time()
     out, is_main = Path(training_args.output_dir), training_args.process_index == 0
 
-    # 1. Inputs, all checked before anything heavy is loaded: output folder, checkpoint files, data, processor,
-    #    then every sample's media and text (the pre-flight check).
+    # 1. Inputs, all checked before anything heavy is loaded: output folder (writable; new, empty or this command's
+    #    own: affectverse.ownership), checkpoint files, data, processor, then every sample's media and text (the
+    #    pre-flight check, whose verdicts are the first thing written: the folder is claimed for them).
     check_writable(out)
     if model_args.model_name_or_path is not None:
         check_checkpoint(model_args.model_name_or_path)
@@ -140,8 +154,8 @@ def main(argv=None):
                                    on_error="skip" if data_args.skip_bad_samples else "raise")
     trainer = AffectVerseTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
                                  data_collator=collator, processing_class=processor)
-    if is_main:
-        (out / "run_args.json").write_text(json.dumps(record, indent=2) + "\n")
+    if is_main:  # the model loaded: the run's own files may be written now
+        write_run_args(out, record, training_args, resume)
     if resume:
         logger.info("resuming from %s", resume)
     first_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] if resume else 0

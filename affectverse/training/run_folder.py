@@ -1,4 +1,10 @@
-"""A training run's folder: whether it may be written, which run it holds, its checkpoints, a full disk."""
+"""A training run's folder: whether it may be written, which run it holds, its checkpoints, a full disk.
+
+The folder follows :mod:`affectverse.ownership`: train.py writes only into a new or empty folder, or one whose
+record (``.affectverse.json``, or ``run_args.json`` of an earlier version) says train.py wrote it. The same run
+resumes; another run is refused unless ``--overwrite_output_dir``, which removes what the earlier run wrote
+(:data:`RUN_OUTPUTS`) before the new run writes, and leaves anything else in the folder alone.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,23 @@ import errno
 import fnmatch
 import json
 import logging
+import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from affectverse.training import preflight
+from affectverse import checkpoint, hub, ownership
+from affectverse.training.arguments import RECORD_DEFAULTS
 
 logger = logging.getLogger("train")
 
+KIND = "train"  # the record of a train.py output folder
 # Files the pre-flight check writes into a run folder before run_args.json exists (the folder still counts as new).
 PREFLIGHT_FILES = ("preflight_cache.json", "bad_samples.jsonl")
+# What a run writes into its folder (Trainer, export, records): --overwrite_output_dir removes these, nothing else.
+RUN_OUTPUTS = checkpoint.HUB_FILES + hub.TRAINING_STATE + ("runs",)
 # What a checkpoint needs to be resumed from: any file matching one pattern of each part.
 CHECKPOINT_PARTS = {
     "weights": ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
@@ -31,14 +41,47 @@ CHECKPOINT_PARTS = {
 
 
 def check_writable(folder: Path):
-    """Create ``folder`` and write a file in it, or raise ValueError naming it (before data or model load)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"--output_dir {folder}: cannot write there ({err.strerror or err}); choose a writable "
-                         "folder") from None
+    """Raise ValueError naming ``folder`` when it cannot be created or written (before data or model load); creates
+    nothing: the nearest existing folder on its path must be a writable folder."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--output_dir {folder}: cannot write there ({probe} is a file); choose a writable folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {folder}: cannot write there (permission denied in {probe}); choose a "
+                         "writable folder")
+
+
+def legacy_run(folder: Path) -> bool:
+    """A run folder from before records: it holds run_args.json, or only the pre-flight check's files."""
+    return (folder / "run_args.json").is_file() or all(p.name in PREFLIGHT_FILES for p in folder.iterdir())
+
+
+def claim(out: Path) -> dict:
+    """The run folder, created with its record (or its record added) right before the run's first write."""
+    return ownership.claim_folder(out, KIND, legacy=legacy_run, option="--output_dir")
+
+
+def write_run_args(out: Path, record: dict, training_args, resume: str | None):
+    """The run's first own file, written once its model loaded: the folder claimed, an earlier run's outputs
+    removed with ``--overwrite_output_dir`` (:func:`start_afresh`), then ``run_args.json`` (atomically)."""
+    claim(out)
+    if training_args.overwrite_output_dir:  # what an earlier run wrote goes; anything else stays
+        start_afresh(out, keep=resume)
+    ownership.atomic_write(out / "run_args.json", json.dumps(record, indent=2) + "\n")
+
+
+def start_afresh(out: Path, keep: str | None = None) -> list[str]:
+    """``--overwrite_output_dir``: remove what an earlier run wrote into ``out`` (:data:`RUN_OUTPUTS`, except
+    ``keep``, a checkpoint to resume from); anything else stays. Returns the names removed."""
+    keep_name = Path(keep).name if keep and Path(keep).parent.resolve() == out.resolve() else None
+    names = sorted(p.name for p in out.iterdir() if p.name != keep_name and
+                   any(fnmatch.fnmatch(p.name, pattern) for pattern in RUN_OUTPUTS))
+    removed = ownership.remove_own(out, names)
+    if removed:
+        logger.info("--overwrite_output_dir: removed the earlier run's %s", ", ".join(removed))
+    return removed
 
 
 def checkpoint_problems(folder: Path) -> list[str]:
@@ -53,7 +96,7 @@ def checkpoint_problems(folder: Path) -> list[str]:
         except ValueError:
             problems.append("trainer_state.json is not valid JSON (cut short)")
     for weights in sorted(folder.glob("*.safetensors")):
-        problem = preflight.safetensors_problem(weights)
+        problem = checkpoint.safetensors_problem(weights)
         if problem:
             problems.append(f"{weights.name}: {problem}")
     return problems
@@ -77,10 +120,6 @@ def last_complete_checkpoint(out: Path) -> str | None:
     return None
 
 
-# What a run trained with before its record named these options (older run_args.json files lack them).
-BEFORE_RECORDED = {"audio_layout": "separate", "audio_features": "clip"}
-
-
 def check_output_dir(training_args, record: dict) -> str | None:
     """Refuse an output folder holding another run; return the checkpoint to resume from (None: start afresh).
 
@@ -94,18 +133,26 @@ def check_output_dir(training_args, record: dict) -> str | None:
         problems = checkpoint_problems(Path(resume))
         if problems:
             raise ValueError(f"--resume_from_checkpoint {resume} cannot be resumed: {'; '.join(problems)}")
-    fresh = not out.is_dir() or all(p.name in PREFLIGHT_FILES or p.name.startswith(".write-check-")
-                                    for p in out.iterdir())
-    if training_args.overwrite_output_dir or fresh:
-        return resume or None
+    try:
+        owned = ownership.check_folder(out, KIND, "--output_dir", legacy=legacy_run)
+    except ownership.OwnershipError as err:
+        if ownership.read_record(out) is not None:  # another command's folder
+            raise
+        entries = sorted(p.name for p in out.iterdir())
+        raise ValueError(f"--output_dir {out} is not empty and holds no run_args.json (not a train.py run: "
+                         f"{', '.join(entries[:4])}{' ...' if len(entries) > 4 else ''}); nothing was written "
+                         "there: choose a new or empty folder") from err
     saved = out / "run_args.json"
-    if not saved.is_file():
-        raise ValueError(f"--output_dir {out} is not empty and holds no run_args.json (not a train.py run); choose "
-                         "another folder or pass --overwrite_output_dir")
-    old = json.loads(saved.read_text())
-    diffs = [f"{group}.{key}: {recorded!r} -> {value!r}"
-             for group, values in record.items() for key, value in values.items()
-             if (recorded := old.get(group, {}).get(key, BEFORE_RECORDED.get(key))) != value]
+    if owned is None or not saved.is_file() or training_args.overwrite_output_dir:
+        return resume or None  # new, only the pre-flight check's files, or started afresh
+    try:
+        old = json.loads(saved.read_text())
+    except ValueError:
+        raise ValueError(f"{saved}: not valid JSON; pass --overwrite_output_dir to start afresh, or choose another "
+                         "folder") from None
+    was = lambda group, key: old.get(group, {}).get(key, RECORD_DEFAULTS.get(key))  # noqa: E731
+    diffs = [f"{group}.{key}: {was(group, key)!r} -> {value!r}"
+             for group, values in record.items() for key, value in values.items() if was(group, key) != value]
     if diffs:
         raise ValueError(f"--output_dir {out} holds a different run ({'; '.join(diffs)}); choose another folder, "
                          "pass the same arguments to resume it, or --overwrite_output_dir")
@@ -149,6 +196,4 @@ def explain_disk_full(folder: Path, what: str):
 def write_results(out: Path, results: dict):
     """results.json, replaced atomically (a kill while writing leaves the previous one)."""
     with explain_disk_full(out, "writing results.json to"):
-        tmp = out / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        tmp.replace(out / "results.json")
+        ownership.atomic_write(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
