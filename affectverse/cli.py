@@ -358,14 +358,15 @@ def live_command(args) -> int:
               "labels": labels, "modality": args.modality, "subtitle": args.subtitle or "",
               "window_seconds": args.window or None, "max_new_tokens": args.max_new_tokens, "dtype": str(dtype),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    log, status = LiveLog(out, header), StatusLine()
+    log, status, seconds = LiveLog(out, header), StatusLine(), 0.0
     chunk = float(model.config.seconds_per_chunk)
     try:
         for item in itertools.chain([first] if first is not None else [], readings):
             log.write(item.record())
             status.show(item, chunk)
+            seconds = item.seconds
     except KeyboardInterrupt:
-        log.write(Event("end", 0.0, "interrupted").record())
+        log.write(Event("end", seconds, "interrupted (Ctrl-C)").record())
     finally:
         readings.close()
         status.close()

@@ -2,6 +2,10 @@
 bounded windows, the ``affectverse live`` command."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -18,7 +22,7 @@ from affectverse.inference.live import Event, LiveSession, Reading, StreamReader
 from media_affectverse import load_audio, load_video
 from modeling_affectverse import AffectVerseForConditionalGeneration
 from processing_affectverse import AffectVerseProcessor, window_features
-from tests.helpers import save_tiny_model, tiny_config, tiny_processor
+from tests.helpers import ROOT, save_tiny_model, tiny_config, tiny_processor
 
 LABELS = ["happy", "sad", "angry"]
 SIZE, FPS, SR = 56, 3.0, 16000  # 56 px: the smallest frame the video processor keeps (12 video tokens per chunk)
@@ -94,6 +98,18 @@ def test_a_reading_after_k_chunks_equals_predict_on_the_clip_cut_there(model, pr
         torch.testing.assert_close(logits[0], expected[2], atol=1e-4, rtol=1e-4)
         assert (reading.belief_shift is None) == (k == 1)
         assert reading.latency > 0
+
+
+@pytest.mark.parametrize("construction", ["none", "pooling"])
+def test_other_belief_constructions_read_live_as_predict(processor, construction):
+    """The stock thinker's path ("none": no beliefs) and pooled beliefs give the offline reading too."""
+    torch.manual_seed(0)
+    model = AffectVerseForConditionalGeneration(tiny_config(belief_construction=construction)).eval()
+    settings = AffectVerseProcessor.from_model_config(model.config, processor)
+    frames, audio = media(4.0, seed=6)
+    readings = LiveSession(model, settings, LABELS, max_new_tokens=8).push(frames=frames, audio=audio)
+    assert_same_reading(readings[-1], offline(model, settings, frames, audio))
+    assert (readings[-1].belief_shift is None) == (construction == "none")
 
 
 def test_a_window_reads_the_stretch_it_holds_as_predict_on_that_stretch(model, processor):
@@ -272,6 +288,29 @@ def test_the_live_command_writes_a_line_per_reading_and_a_figure(tmp_path, capsy
     assert out.read_bytes() == before
     assert cli.main(["live", str(folder), "no-such.mp4", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_live_run_leaves_only_whole_lines(tmp_path):
+    """SIGKILL while a real-time stream is being read: every line written so far parses, the last one ends."""
+    folder, out = tmp_path / "model", tmp_path / "live.jsonl"
+    save_tiny_model(folder)
+    source = "lavfi:testsrc=size=64x64:rate=6:duration=60[out0];sine=frequency=300:duration=60[out1]"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "affectverse", "live", str(folder), source, "--labels", "happy,sad",
+                            "--out", str(out), "--realtime", "--max-new-tokens", "2"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not out.exists() or out.read_text().count('"reading"') < 2):
+            time.sleep(0.2)
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.wait()
+    text = out.read_text()
+    assert text.endswith("\n") and text.count('"reading"') >= 2
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0]["type"] == "header" and all(r["type"] == "reading" for r in lines[1:])
 
 
 # ----------------------------------------------------------------------------------------------- long streams
