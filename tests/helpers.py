@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from affectverse.default.tiny import tiny_config, tiny_processor
-from affectverse.default.wheel import write_mini_wheel  # noqa: F401 (the tests' hand-made wheel)
+from affectverse.default.wheel import write_mini_wheel  # the tests' hand-made wheel (re-exported)
 from benchmarks.synthetic import PATCH_DIM, audio_tokens, build_batch, build_sample, tiny, tiny_full_omni  # noqa: F401
 from modeling_affectverse import AffectVerseForConditionalGeneration
 
