@@ -40,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import transformers
 
 from affectverse import demo as demo_page
@@ -610,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_job(job, argv, debug: bool = False) -> int:
     """``job(argv)`` with its errors as one line naming what failed (the traceback only with ``debug``);
-    ``python train.py`` runs through here too."""
+    ``python train.py`` runs through here too. A process group the job joined (``accelerate launch``) is destroyed
+    before the process exits, as accelerate's ``end_training`` does: gloo's threads otherwise abort the exit."""
     try:
         status = job(argv)
     except KeyboardInterrupt:
@@ -626,6 +628,9 @@ def run_job(job, argv, debug: bool = False) -> int:
         else:
             logger.error("%s", message)
         return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return status if isinstance(status, int) else 0  # train returns its results
 
 

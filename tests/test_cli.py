@@ -384,3 +384,20 @@ def test_push_creates_the_repo_then_uploads(exported):
     assert hf_api.return_value.method_calls[0] == mock.call.create_repo(
         "me/affectverse", private=None, exist_ok=True, repo_type="model")
     assert [c[0] for c in hf_api.return_value.method_calls] == ["create_repo", "upload_folder"]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_job_leaves_no_process_group_behind(tmp_path, fails):
+    """Under ``accelerate launch`` a command joins a process group; gloo's threads abort an exit that did not destroy
+    it (SIGABRT after a finished run), so run_job destroys it whether the job ends well or not."""
+    dist = torch.distributed
+
+    def job(_):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        dist.barrier()
+        if fails:
+            raise ValueError("the job failed")
+        return 0
+
+    assert cli.run_job(job, []) == (2 if fails else 0)
+    assert not dist.is_initialized()

@@ -359,6 +359,7 @@ assert len(logs) == 2 and all("kl" in h and "rewards/accuracy/mean" in h for h i
 rank = trainer.args.process_index
 weights = {{n: p.detach() for n, p in trainer.model.named_parameters() if p.requires_grad}}
 torch.save({{"weights": weights, "logs": logs}}, f"{out}/rank{{rank}}.pt")
+trainer.accelerator.end_training()  # as a script should: gloo aborts an exit that skips it
 """
 
 

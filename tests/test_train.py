@@ -744,6 +744,7 @@ assert all("lm_loss" in h and "imagination_cosine_s1" in h for h in logs), logs
 # loss (Trainer: mean over ranks of each rank's mean) = lm_loss + img loss (ours: summed over ranks, then divided)
 assert all(abs(h["loss"] - h["lm_loss"] - h["imagination_loss"]) < 1e-4 for h in logs), logs
 torch.save({{n: p.detach() for n, p in model.named_parameters() if p.requires_grad}}, f"{out}/rank{{rank}}.pt")
+trainer.accelerator.end_training()  # as a script should: gloo aborts an exit that skips it
 """
 
 
