@@ -5,8 +5,9 @@
   reads it at every observation ratio: the answer, the label scores and the MAMA weights (Figure 3) of the whole
   clip, and each label's probability over the observed fraction (Figure 7).
 - **Live**: webcam frames and microphone audio stream into a :class:`LiveStream`; every ``LIVE_EVERY`` seconds
-  :func:`live_reading` turns what has arrived into a reading ``{"seconds", "answer", "label_scores"}``, shown as
-  the current answer, the label scores and a running timeline.
+  :func:`live_readings` pushes what has arrived into the visitor's live session (:class:`LiveSession`, the engine of
+  ``affectverse live``), which reads each completed 2 s chunk on top of its KV cache; its readings show as the
+  current answer, the label scores and a running timeline.
 
 Both tabs score the label set of the field above them (default: the model's trained labels when its folder records
 them, else MER2023's six). One model call at a time, through gradio's queue. gradio is an optional extra
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -25,9 +27,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from affectverse.default.clips import write_mp4, write_wav
+from affectverse.default.clips import write_mp4
 from affectverse.evaluation.report import belief_attention_figure
-from affectverse.inference.engine import MODALITIES, Engine, Setting, load_model, parse_labels, resolve_device
+from affectverse.inference.engine import load_model, parse_labels, resolve_device
+from affectverse.inference.live import LiveSession
 from affectverse.inference.trajectory import parse_ratios, trajectory
 from affectverse.scoring.score import BENCHMARKS
 from media_affectverse import MediaError, decoder_reason, probe, single_threaded
@@ -39,10 +42,8 @@ MAX_FILE_SIZE = "200mb"  # gradio refuses larger uploads before they reach the m
 QUEUE_SIZE = 16  # requests waiting for the model; more are refused with "queue full"
 RECORD_FPS = 6  # frame rate of a browser recording re-encoded for the engine (:func:`transcode`)
 STREAM_EVERY = 0.5  # seconds between the webcam frames / microphone chunks the browser sends
-LIVE_FPS = 2  # 1 / STREAM_EVERY: the frame rate of a live window's clip
-LIVE_WINDOW = 8.0  # seconds of stream each live reading reads
-LIVE_EVERY = 2.0  # seconds between live readings
-LIVE_MIN_SECONDS = 1.0  # stream needed before the first reading
+LIVE_WINDOW = 30.0  # a live reading sees the last 15 to 30 s (LiveSession's window: bounded memory per visitor)
+LIVE_EVERY = 2.0  # seconds between the timer's looks at the stream (a reading per completed 2 s chunk)
 
 
 class ClipProblem(ValueError):
@@ -194,15 +195,27 @@ def mono(samples: np.ndarray) -> np.ndarray:
 
 
 class LiveStream:
-    """What a live session has received: webcam frames and microphone audio with their arrival times (seconds since
-    the stream's first chunk), kept for the last ``window`` seconds, and the readings made so far. Each list has
-    one writer (the webcam's, the microphone's and the reading's gradio events), so no lock is needed."""
+    """A visitor's live stream and the live session reading it (:class:`LiveSession`, as ``affectverse live``).
 
-    def __init__(self, window: float = LIVE_WINDOW):
-        self.window, self.start, self.sample_rate = window, None, None
-        self.frames: list[tuple[float, np.ndarray]] = []
-        self.audio: list[tuple[float, np.ndarray]] = []  # (arrival, mono float32 samples)
+    The webcam and microphone events append to ``frames`` and ``audio``, stamped with their arrival (seconds since
+    the first of them); the timer's event (:func:`live_readings`) takes them out, samples the frames on the
+    session's clock (at its processor's fps, each slot showing the newest frame that had arrived by then), resamples
+    the sound to 16 kHz and pushes both into the session. The queues are deques (append and popleft are thread-safe),
+    and everything else has one writer, the timer's event."""
+
+    def __init__(self):
+        self.start = None
+        self.frames: deque = deque()  # (arrival, (H, W, 3) uint8)
+        self.audio: deque = deque()  # (arrival, sample rate, mono float32 samples)
+        self.has_video = self.has_audio = False
         self.readings: list[dict] = []
+        self.session: LiveSession | None = None
+        self.key = None  # (modality, labels) the session reads
+        self.offset = 0.0  # stream time of the session's start
+        self.slot = 0  # the session's next video slot
+        self.frame = None  # the newest frame taken (resized): it fills the slots until a newer one arrives
+        self.audio_start = None  # stream time of the first pushed sample (None: nothing pushed yet)
+        self.resampler, self.rate = None, None
 
     def clock(self) -> float:
         now = time.monotonic()
@@ -211,63 +224,83 @@ class LiveStream:
         return now - self.start
 
     def add_frame(self, frame: np.ndarray):
-        t = self.clock()
-        frame = even(frame)
-        self.frames = [(s, f) for s, f in self.frames if s >= t - self.window and f.shape == frame.shape]
-        self.frames.append((t, frame))
+        self.frames.append((self.clock(), np.ascontiguousarray(np.asarray(frame)[..., :3])))
+        self.has_video = True
 
     def add_audio(self, sample_rate: int, samples: np.ndarray):
-        t = self.clock()
-        if sample_rate != self.sample_rate:
-            self.audio, self.sample_rate = [], sample_rate
-        self.audio = [(s, a) for s, a in self.audio if s >= t - self.window - 1] + [(t, mono(samples))]
+        self.audio.append((self.clock(), sample_rate, mono(samples)))
+        self.has_audio = True
 
     @property
-    def latest(self) -> float:
-        """Arrival time of the newest chunk (0 before any)."""
-        return max((chunks[-1][0] for chunks in (self.frames, self.audio) if chunks), default=0.0)
+    def modality(self) -> str | None:
+        """What the stream has brought so far: ``"avt"``, ``"vt"``, ``"at"`` or None."""
+        return {(True, True): "avt", (True, False): "vt", (False, True): "at"}.get((self.has_video, self.has_audio))
 
-    def window_media(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(frames at ``LIVE_FPS``, audio samples) of the last ``window`` seconds, each None with less than
-        ``LIVE_MIN_SECONDS`` of it; with both, the newest stretch of each of one duration (the loader checks that
-        the tracks agree)."""
-        start = self.latest - self.window
-        frames = [(t, f) for t, f in self.frames if t >= start]
-        frames = constant_rate(frames, LIVE_FPS) if frames and frames[-1][0] - frames[0][0] >= LIVE_MIN_SECONDS \
-            else None
-        chunks = [a for t, a in self.audio if t > start]  # a chunk's samples end when it arrives
-        audio = np.concatenate(chunks)[-int(self.window * self.sample_rate):] if chunks else None
-        if audio is not None and len(audio) < LIVE_MIN_SECONDS * self.sample_rate:
-            audio = None
-        if frames is not None and audio is not None:
-            frames = frames[-int(min(len(frames) / LIVE_FPS, len(audio) / self.sample_rate) * LIVE_FPS):]
-            audio = audio[-round(len(frames) / LIVE_FPS * self.sample_rate):]
-        return frames, audio
+    def begin(self, model, processor, modality: str, labels: Sequence[str], max_new_tokens: int):
+        """A new session from now on (from the stream's start for the first one): a source that joins, or a new
+        label set, starts the reading again; media that arrived before are dropped."""
+        self.offset = 0.0 if self.session is None else self.clock()
+        self.session = LiveSession(model, processor, labels, modality, window_seconds=LIVE_WINDOW,
+                                   max_new_tokens=max_new_tokens)
+        self.key = (modality, tuple(labels))
+        self.slot, self.frame, self.audio_start, self.resampler, self.rate = 0, None, None, None, None
+
+    def take_frames(self) -> np.ndarray | None:
+        """`(F, S, S, 3)` frames for the session's slots up to the newest arrival, S its processor's frame size."""
+        fps, size = self.session.processor.fps, self.session.processor.frame_size
+        out = []
+        while self.frames and self.offset + self.slot / fps <= self.frames[-1][0]:
+            t = self.offset + self.slot / fps
+            while self.frames and (self.frames[0][0] <= t or self.frame is None):  # slots before the first frame: it
+                self.frame = resize(self.frames.popleft()[1], size)
+            out.append(self.frame)
+            self.slot += 1
+        return np.stack(out) if out else None
+
+    def take_audio(self) -> np.ndarray | None:
+        """The microphone's samples since the last call at 16 kHz; the session's first ones are preceded by silence
+        back to its start (or cut to it), so the sound stays in step with the frames."""
+        sr, out = self.session.layout.sr, []
+        while self.audio:
+            arrival, rate, samples = self.audio.popleft()
+            begins = arrival - len(samples) / rate
+            if arrival <= self.offset:
+                continue
+            if rate != self.rate:
+                self.resampler, self.rate = av.AudioResampler(format="flt", layout="mono", rate=sr), rate
+            frame = av.AudioFrame.from_ndarray(samples[None], format="flt", layout="mono")
+            frame.sample_rate = rate
+            chunk = np.concatenate([f.to_ndarray().reshape(-1) for f in self.resampler.resample(frame)] or [[]])
+            if self.audio_start is None:
+                gap = round((begins - self.offset) * sr)
+                chunk = np.concatenate([np.zeros(gap, np.float32), chunk]) if gap > 0 else chunk[-gap:]
+                self.audio_start = self.offset
+            out.append(chunk.astype(np.float32))
+        return np.concatenate(out) if out else None
 
 
-def live_reading(engine: Engine, stream: LiveStream) -> dict | None:
-    """A reading of the stream so far, ``{"seconds", "answer", "label_scores"}``, or None before
-    ``LIVE_MIN_SECONDS`` of it have arrived.
+def resize(frame: np.ndarray, size: int) -> np.ndarray:
+    """An RGB frame at ``size`` x ``size``, resized as ``load_video`` resizes a file's frames (PyAV, bilinear)."""
+    return av.VideoFrame.from_ndarray(frame, format="rgb24").to_ndarray(width=size, height=size, format="rgb24",
+                                                                         interpolation="BILINEAR")
 
-    The seam between the Live tab and the model. For now the engine reads the last ``stream.window`` seconds as a
-    clip (written to a temporary mp4 with PyAV, as ``affectverse predict`` would read it); with the live session of
-    issue 20 this becomes its incremental update (docs/design.md, "Demo").
-    """
-    frames, audio = stream.window_media()
-    if frames is None and audio is None:
-        return None
-    with tempfile.TemporaryDirectory(prefix="affectverse-live-") as folder:
-        if frames is not None:
-            row = {"name": "live", "video": f"{folder}/live.mp4", "audio": ""}
-            write_mp4(Path(row["video"]), frames, LIVE_FPS, audio, stream.sample_rate or 16000)
-            modality = "avt" if audio is not None else "vt"
-        else:
-            row, modality = {"name": "live", "video": "", "audio": f"{folder}/live.wav"}, "at"
-            write_wav(Path(row["audio"]), audio, stream.sample_rate)
-        [result] = engine.predict(Setting(MODALITIES[modality]), [row])
-    if result["status"] != "ok":
-        raise ClipProblem(f"live stream: {result['reason']}")
-    return {"seconds": round(stream.latest, 2), "answer": result["answer"], "label_scores": result["label_scores"]}
+
+def live_readings(model, processor, stream: LiveStream, labels: Sequence[str],
+                  max_new_tokens: int = MAX_NEW_TOKENS) -> list[dict]:
+    """The readings of the chunks completed since the last call, each ``{"seconds", "window_start", "answer",
+    "label_scores"}`` (stream times): what has arrived goes into the stream's live session, which encodes each new
+    2 s chunk on top of its KV cache (:meth:`LiveSession.push`; the readings equal ``predict`` on the stream cut
+    there, tests/test_live.py)."""
+    modality = stream.modality
+    if modality is None:
+        return []
+    if stream.session is None or stream.key != (modality, tuple(labels)):
+        stream.begin(model, processor, modality, labels, max_new_tokens)
+    session = stream.session
+    frames = stream.take_frames() if session.has_video else None
+    audio = stream.take_audio() if session.has_audio else None
+    return [{"seconds": round(stream.offset + r.seconds, 2), "window_start": round(stream.offset + r.window_start, 2),
+             "answer": r.answer, "label_scores": r.label_scores} for r in session.push(frames=frames, audio=audio)]
 
 
 # ============================================================================================ page
@@ -350,24 +383,21 @@ def build_demo(model: str, labels: Sequence[str] | None = None, *, device: str =
         return gr.Timer(active=True) if chunk is not None and len(stream.audio) == 1 else gr.skip()
 
     def on_tick(stream, labels_text):
-        last = stream.readings[-1]["seconds"] if stream.readings else -1.0
-        if stream.latest <= last:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
-            engine = Engine(net, processor, max_new_tokens, batch_size=1, num_workers=0,
-                            labels=page_labels(labels_text))
-            reading = live_reading(engine, stream)
-        except ClipProblem as err:
+            new = live_readings(net, processor, stream, page_labels(labels_text), max_new_tokens)
+        except (ClipProblem, ValueError, RuntimeError) as err:  # e.g. a label set edited into a bad one
+            stream.session = None
             return gr.skip(), gr.skip(), gr.skip(), str(err)
-        if reading is None:
-            return gr.skip(), gr.skip(), gr.skip(), "Waiting for a second of webcam or microphone stream ..."
-        stream.readings.append(reading)
+        if not new:
+            waiting = f"Waiting for the first {net.config.seconds_per_chunk:g} s of webcam or microphone stream ..."
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip() if stream.readings else waiting
+        stream.readings.extend(new)
+        reading = new[-1]
         timeline = _scores_frame([(r["seconds"], r["label_scores"]) for r in stream.readings], "seconds")
         top = max(reading["label_scores"], key=reading["label_scores"].get)
-        sources = " and ".join(name for name, chunks in (("webcam", stream.frames), ("microphone", stream.audio))
-                               if chunks)
-        status = (f"Reading {len(stream.readings)} at {reading['seconds']:.1f} s of stream: **{top}** (the last "
-                  f"{stream.window:g} s of {sources}).")
+        sources = {"avt": "webcam and microphone", "vt": "webcam", "at": "microphone"}[stream.key[0]]
+        status = (f"Reading {len(stream.readings)} at {reading['seconds']:.1f} s of stream: **{top}** ({sources}, "
+                  f"read from {reading['window_start']:g} s on).")
         return reading["answer"], reading["label_scores"], timeline, status
 
     with gr.Blocks(title="AffectVerse demo", analytics_enabled=False) as demo:
@@ -407,7 +437,8 @@ def build_demo(model: str, labels: Sequence[str] | None = None, *, device: str =
                     live_answer = gr.Textbox(label="Current answer", interactive=False, elem_id="live-answer")
                     live_scores = gr.Label(label="Current label scores", elem_id="live-scores")
                     live_status = gr.Markdown(f"Start the webcam and/or the microphone: a reading every "
-                                              f"{LIVE_EVERY:g} s of the last {LIVE_WINDOW:g} s.",
+                                              f"{net.config.seconds_per_chunk:g} s of stream, of at most its last "
+                                              f"{LIVE_WINDOW:g} s.",
                                               elem_id="live-status")
             timeline = gr.LinePlot(x="seconds", y="probability", color="label", y_lim=[0, 1],
                                    label="Label scores over the stream", elem_id="live-timeline")

@@ -22,6 +22,7 @@ import time
 from fractions import Fraction
 from importlib.util import find_spec
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import av
@@ -32,6 +33,7 @@ import yaml
 from affectverse import cli, demo, hub
 from affectverse.default.clips import generate_clips, write_bad_media
 from affectverse.inference.engine import MODALITIES, Engine, Setting, load_model
+from affectverse.inference.live import LiveSession
 from media_affectverse import probe
 from tests.helpers import save_tiny_model
 
@@ -200,66 +202,102 @@ class Clock:
     def __call__(self):
         return self.now
 
-    def stream(self, window: float = demo.LIVE_WINDOW) -> demo.LiveStream:
-        stream = demo.LiveStream(window)
+    def stream(self) -> demo.LiveStream:
+        stream = demo.LiveStream()
         stream.start = 100.0
         return stream
 
 
+def grey(t: float) -> int:
+    """The grey level of the frame :func:`fill` sends at stream time ``t``."""
+    return round(10 * t)
+
+
+def sine(rate: int, seconds: float) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+
+
 def fill(stream: demo.LiveStream, clock: Clock, seconds: float, frames=True, audio=True, rate: int = 16000,
          start: float = 0.0):
-    """Stream ``seconds`` from ``start`` on: a chunk every 0.5 s, a grey frame (grey = 10 x its time in s) and
-    0.5 s of a sine."""
-    for k in range(int(seconds / demo.STREAM_EVERY)):
+    """Stream ``seconds`` from ``start`` on as the browser does: every 0.5 s a 49 x 65 grey frame (grey(t)) and the
+    last 0.5 s of a 440 Hz sine, int16 at ``rate``."""
+    for k in range(round(seconds / demo.STREAM_EVERY)):
         clock.now = 100.0 + start + (k + 1) * demo.STREAM_EVERY
         if frames:
-            stream.add_frame(np.full((49, 65, 3), int(10 * (start + (k + 1) * demo.STREAM_EVERY)), np.uint8))
+            stream.add_frame(np.full((49, 65, 3), grey(start + (k + 1) * demo.STREAM_EVERY), np.uint8))
         if audio:
-            t = np.arange(int(rate * demo.STREAM_EVERY)) / rate
-            stream.add_audio(rate, (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16))
+            stream.add_audio(rate, sine(rate, demo.STREAM_EVERY))
 
 
-def test_the_live_window_keeps_the_newest_seconds_both_streams_cover(monkeypatch):
+def stand_in_session(fps=3.0, size=32):
+    """What LiveStream reads of its session: the processor's fps and frame size, the sampling rate."""
+    return SimpleNamespace(processor=SimpleNamespace(fps=fps, frame_size=size), layout=SimpleNamespace(sr=16000))
+
+
+def test_the_live_stream_samples_frames_on_the_session_clock(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(demo.time, "monotonic", clock)
-    stream = clock.stream(window=4.0)
-    fill(stream, clock, 0.5)
-    assert stream.window_media() == (None, None)  # less than a second of either
-    fill(stream, clock, 9.5, start=0.5)
-    frames, audio = stream.window_media()
-    assert stream.latest == pytest.approx(10.0) and frames[0].shape == (48, 64, 3)  # cropped to even sides
-    assert [f[0, 0, 0] for f in frames] == list(range(65, 101, 5))  # 6.5 s ... 10 s: 4 s at 2 fps
-    assert len(audio) == 4 * 16000 and audio.dtype == np.float32
-    assert np.abs(audio).max() == pytest.approx(0.3, abs=0.01)
-    fill(stream, clock, 1.0, frames=False, start=10.0)  # the microphone runs on alone: the frames age out
-    frames, audio = stream.window_media()
-    assert [f[0, 0, 0] for f in frames] == list(range(70, 101, 5)) and len(audio) == 3.5 * 16000
-    fill(stream, clock, 4.0, frames=False, start=11.0)
-    frames, audio = stream.window_media()
-    assert frames is None and len(audio) == 4 * 16000
+    stream = clock.stream()
+    stream.session = stand_in_session()
+    assert stream.take_frames() is None and stream.modality is None
+    fill(stream, clock, 2.0, audio=False)  # frames at 0.5, 1.0, 1.5, 2.0 s
+    frames = stream.take_frames()
+    # slots at k/3 s up to the newest arrival; each shows the newest frame arrived by then (the first before it)
+    expected = [grey(max(0.5, int(k / 3 / 0.5) * 0.5)) for k in range(7)]
+    assert frames.shape == (7, 32, 32, 3) and [int(f[0, 0, 0]) for f in frames] == expected
+    assert stream.modality == "vt" and stream.take_frames() is None  # nothing new: no slot
+    fill(stream, clock, 1.0, audio=False, start=2.0)
+    assert [int(f[0, 0, 0]) for f in stream.take_frames()] == [grey(2.0), grey(2.5), grey(3.0)]  # 7/3, 8/3, 3 s
 
 
-def test_live_reading_reads_the_modalities_the_stream_has(loaded, monkeypatch):
-    """The seam: accumulated frames and audio in, {"seconds", "answer", "label_scores"} out, through the engine."""
+def test_the_live_stream_resamples_the_microphone_in_step_with_the_frames(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(demo.time, "monotonic", clock)
+    stream = clock.stream()
+    stream.session = stand_in_session()
+    fill(stream, clock, 0.5, audio=False)  # the camera starts first; the microphone's first chunk ends at 1.0 s
+    fill(stream, clock, 2.0, frames=False, rate=48000, start=0.5)
+    audio = stream.take_audio()
+    assert stream.modality == "avt" and audio.dtype == np.float32
+    assert not audio[:7900].any()  # 0.5 s of silence: the microphone's first sample is at 0.5 s of stream
+    assert len(audio) == pytest.approx(2.5 * 16000, abs=32)  # swresample holds back a few samples
+    spectrum = np.abs(np.fft.rfft(audio[8000:]))
+    assert np.argmax(spectrum) / len(audio[8000:]) * 16000 == pytest.approx(440, abs=2)  # at 16 kHz, in tune
+    assert np.abs(audio).max() == pytest.approx(0.3, abs=0.01) and stream.take_audio() is None
+
+
+def test_live_readings_are_the_live_session_s_on_the_sampled_stream(loaded, monkeypatch):
+    """The Live tab's path: the stream's media, sampled on the session's clock, through LiveSession.push; one reading
+    per completed 2 s chunk, for whichever of webcam and microphone the stream has."""
     clock = Clock()
     monkeypatch.setattr(demo.time, "monotonic", clock)
     model, processor = loaded
-    engine = Engine(model, processor, 4, 1, 0, labels=LABELS)
-    seen = []
-    predict = engine.predict
-    monkeypatch.setattr(engine, "predict", lambda setting, rows: seen.append(setting.modality.key) or
-                        predict(setting, rows))
     for frames, audio, modality in ((True, True, "avt"), (True, False, "vt"), (False, True, "at")):
         clock.now = 100.0
         stream = clock.stream()
-        fill(stream, clock, 0.5, frames, audio)
-        assert demo.live_reading(engine, stream) is None
-        fill(stream, clock, 2.0, frames, audio, start=0.5)
-        reading = demo.live_reading(engine, stream)
-        assert set(reading) == {"seconds", "answer", "label_scores"} and reading["seconds"] == pytest.approx(2.5)
-        assert list(reading["label_scores"]) == LABELS and sum(reading["label_scores"].values()) == pytest.approx(1,
-                                                                                                                abs=1e-4)
-        assert seen[-1] == modality
+        fill(stream, clock, 1.5, frames, audio)
+        assert demo.live_readings(model, processor, stream, LABELS, TOKENS) == []  # less than a chunk
+        fill(stream, clock, 3.0, frames, audio, start=1.5)
+        readings = demo.live_readings(model, processor, stream, LABELS, TOKENS)
+        assert stream.key == (modality, tuple(LABELS)) and [r["seconds"] for r in readings] == [2.0, 4.0]
+        # the reference: a session of its own pushed the frames and samples the stream should have given it
+        session = LiveSession(model, processor, LABELS, modality, window_seconds=demo.LIVE_WINDOW,
+                              max_new_tokens=TOKENS)
+        fps, size = session.processor.fps, session.processor.frame_size
+        slots = [np.full((size, size, 3), grey(max(0.5, int(k / fps / 0.5) * 0.5)), np.uint8)
+                 for k in range(int(4.5 * fps) + 1)]
+        samples = np.concatenate([sine(16000, 0.5)] * 9).astype(np.float32) / 32767
+        reference = session.push(frames=np.stack(slots) if frames else None, audio=samples if audio else None)
+        assert [r.seconds for r in reference] == [2.0, 4.0]
+        for got, want in zip(readings, reference):
+            assert got["answer"] == want.answer
+            assert got["label_scores"] == pytest.approx(want.label_scores, abs=1e-5)
+    first = stream.session
+    clock.now += 1.0
+    fill(stream, clock, 2.0, frames=False, start=clock.now - 100.0)
+    assert demo.live_readings(model, processor, stream, ["happy", "sad"], TOKENS) == []  # a new label set: a new
+    assert stream.session is not first and stream.offset == pytest.approx(clock.now - 100.0)  # session from now on
 
 
 # ============================================================================================ gradio_client
@@ -481,7 +519,9 @@ def test_browser_live_tab_streams_the_fake_camera_and_microphone(server, browser
     css(browser, "#live-microphone button.record-button")[0].click()
     status = wait_for(browser, lambda d: re.search(r"Reading ([3-9]|\d\d+) at", css(d, "#live-status")[0].text)
                       and css(d, "#live-status")[0].text, timeout=90, what="three live readings")
-    assert "(the last 8 s of webcam and microphone)" in status, status
+    # one reading per completed 2 s chunk of the live session, reading both sources from the stream's start
+    assert re.search(r"Reading \d+ at \d*[02468]\.0 s of stream: .* \(webcam and microphone, read from 0 s on\)",
+                     status), status
     assert css(browser, "#live-answer textarea")[0].get_attribute("value")
     scores = meters(browser, "#live-scores")
     assert sorted(scores) == sorted(labels) and sum(scores.values()) == pytest.approx(1, abs=1e-3)
