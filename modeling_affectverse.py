@@ -116,7 +116,8 @@ def lora_probes(module):
                 yield name, adapter, linear.weight.detach().flatten()[:LORA_PROBE].float().cpu()
 
 
-class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGeneration, GenerationMixin):  # named: HF's check
+# GenerationMixin named among the bases: HF's check
+class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGeneration, GenerationMixin):
     r"""Qwen2.5-Omni thinker + Emotion World Module (section 3, Algorithm 1).
 
     Training (``model.train()``, ``labels`` given): a no-grad thinker pass over the prompt prefix gives the
@@ -148,7 +149,8 @@ class AffectVerseForConditionalGeneration(Qwen2_5OmniThinkerForConditionalGenera
 
     def lora_probe(self) -> dict | None:
         """The first LoRA layer's name and LORA_PROBE values of its lora_A: what ``config.merged_adapter["probe"]``
-        records when an adapter is merged in (``affectverse.training.export.export``), so the same adapter cannot be applied again."""
+        records when an adapter is merged in (``affectverse.training.export.export``), so the same adapter cannot be
+        applied again."""
         return next(({"module": name, "values": values.tolist()} for name, _, values in lora_probes(self)), None)
 
     def _refuse_merged_adapter_twice(self):

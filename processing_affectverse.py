@@ -92,7 +92,8 @@ AUDIO_FEATURES = ("clip", "window")
 
 def answer_from_label(label) -> str:
     """AffectGPT's answer for a label: a word, a list of words (joined by ", "; empty: neutral), a valence
-    (> 0 positive, < 0 negative, 0 neutral), or any of these JSON-encoded as ``affectverse.data.readers`` stores them."""
+    (> 0 positive, < 0 negative, 0 neutral), or any of these JSON-encoded as ``affectverse.data.readers`` stores
+    them."""
     if isinstance(label, str):
         try:
             decoded = json.loads(label)
@@ -692,16 +693,16 @@ def _stack_media(media: list) -> dict:
 
 
 class AffectVerseCollator:
-    """``data_collator`` for Trainer and ``collate_fn`` for DataLoaders: rows in, one [`AffectVerseProcessor`] batch out.
+    """``data_collator`` for Trainer and ``collate_fn`` for DataLoaders: rows in, one [`AffectVerseProcessor`] batch
+    out.
 
     Rows are dicts as ``affectverse.data.readers`` readers produce (``name``, ``video``, ``audio``, ``subtitle``, and
-    the label
-    in ``emotion`` / ``valence`` / ``labels``, or JSON in ``label``)
-    or samples with an ``answer``. ``audio == ""`` (or no ``audio`` key) means the video's own track, None no audio.
-    In training the answer comes from the label (``answer_from_label``). Media are loaded here, i.e. inside the
-    DataLoader worker. ``on_error="skip"`` drops samples whose media are bad (or that cannot fit ``max_length``),
-    logs a warning and appends ``(name, reason)`` to ``self.skipped`` (per worker process when ``num_workers > 0``);
-    ``"raise"`` stops at the first. A batch whose samples all fail raises ValueError.
+    the label in ``emotion`` / ``valence`` / ``labels``, or JSON in ``label``) or samples with an ``answer``.
+    ``audio == ""`` (or no ``audio`` key) means the video's own track, None no audio. In training the answer comes
+    from the label (``answer_from_label``). Media are loaded here, i.e. inside the DataLoader worker.
+    ``on_error="skip"`` drops samples whose media are bad (or that cannot fit ``max_length``), logs a warning and
+    appends ``(name, reason)`` to ``self.skipped`` (per worker process when ``num_workers > 0``); ``"raise"`` stops at
+    the first. A batch whose samples all fail raises ValueError.
     """
 
     def __init__(self, processor: AffectVerseProcessor, training: bool = True, on_error: str = "raise",
@@ -720,7 +721,8 @@ class AffectVerseCollator:
         sample = {"name": row.get("name"), "video": video, "audio": audio, "subtitle": row.get("subtitle") or "",
                   "question": row.get("question")}
         if self.training:
-            typed = [row[c] for c in ("emotion", "valence", "labels") if row.get(c) is not None]  # affectverse.data.readers
+            # the typed label columns of affectverse.data.readers
+            typed = [row[c] for c in ("emotion", "valence", "labels") if row.get(c) is not None]
             sample["answer"] = row.get("answer") or answer_from_label(typed[0] if typed else row["label"])
         return sample
 
@@ -743,5 +745,5 @@ class AffectVerseCollator:
 
 AffectVerseProcessor.register_for_auto_class()
 
-__all__ = ["AffectVerseCollator", "AffectVerseProcessor", "MediaError", "VideoClip", "answer_from_label", "extract_labels",
-           "load_audio", "load_video", "sample_indices", "window_features"]
+__all__ = ["AffectVerseCollator", "AffectVerseProcessor", "MediaError", "VideoClip", "answer_from_label",
+           "extract_labels", "load_audio", "load_video", "sample_indices", "window_features"]

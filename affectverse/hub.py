@@ -139,8 +139,9 @@ def _norm(name) -> str:
 
 
 def _run_scores(summary: dict, lookup: dict) -> dict:
-    """``{benchmark: entry}`` of a ``affectverse.evaluation.runner`` ``scores.json``: the A+V+T entry at kappa = 1 (the model
-    card's setting, as Table 1); benchmarks outside MER-UniBench and entries without a main score are skipped."""
+    """``{benchmark: entry}`` of a ``affectverse.evaluation.runner`` ``scores.json``: the A+V+T entry at kappa = 1
+    (the model card's setting, as Table 1); benchmarks outside MER-UniBench and entries without a main score are
+    skipped."""
     chosen = {}
     for entry in summary["results"]:
         if entry.get("modality") != "avt" or float(entry.get("keep_ratio", 1.0)) != 1.0:
@@ -154,8 +155,8 @@ def _run_scores(summary: dict, lookup: dict) -> dict:
         else:
             chosen[entry["benchmark"]] = entry
     if not chosen:
-        raise ValueError("evaluation summary (affectverse.evaluation.runner scores.json): no scored MER-UniBench benchmark in the "
-                         "A+V+T setting at keep ratio 1.0")
+        raise ValueError("evaluation summary (affectverse.evaluation.runner scores.json): no scored MER-UniBench "
+                         "benchmark in the A+V+T setting at keep ratio 1.0")
     return chosen
 
 
@@ -220,7 +221,8 @@ def _results_table(reports: dict[str, dict]) -> str:
         other = ", ".join(f"{name} {report[field]:.2f}" for field, _, name in metrics[1:]
                           if isinstance(report.get(field), (int, float)))
         lines.append(f"| {MER_UNIBENCH[key][0]} | {metrics[0][2]} | {report['main_score']:.2f} | {other} |")
-    return "\n".join(lines) + "\n\nScores x100, by the MER-UniBench rules (the project's `affectverse/scoring/score.py`)."
+    return "\n".join(lines) + ("\n\nScores x100, by the MER-UniBench rules (the project's "
+                               "`affectverse/scoring/score.py`).")
 
 
 def _count(n: int) -> str:

@@ -119,7 +119,8 @@ def train_row(row: str, seed: int, manifest: Path, folder: Path, args) -> Path:
 
 
 def evaluate_row(model: Path, manifest: Path, folder: Path, seed: int, args):
-    """affectverse.evaluation.runner at every kappa (A+V+T) and with each modality removed (kappa 1), each in its own folder."""
+    """affectverse.evaluation.runner at every kappa (A+V+T) and with each modality removed (kappa 1), each in its own
+    folder."""
     common = ["--model", str(model), "--manifest", str(manifest), "--split", "test", "--device", "cpu",
               "--max-new-tokens", str(args.max_new_tokens), "--batch-size", "8", "--seed", str(seed)]
     if not (folder / "eval_kappa" / run.SCORES).is_file():
@@ -353,8 +354,8 @@ def write_doc(summary: dict, doc: Path, args, seconds: float | None) -> Path:
         "0.5 `sad`. The starts of the four classes overlap, so a clip cut to its first kappa shows the trend but not "
         "the end: the end has to be extrapolated, which is what imagining the future could help with. The subtitle "
         "is a neutral sentence independent of the label. Chance: 25% accuracy.",
-        f"- **Model**: the tiny random AffectVerse of `affectverse/default/tiny.py` (2 layers, 64 wide), LoRA + EWM trained "
-        f"with `training_run.main` for {args.epochs:g} epochs"
+        "- **Model**: the tiny random AffectVerse of `affectverse/default/tiny.py` (2 layers, 64 wide), LoRA + EWM "
+        f"trained with `training_run.main` for {args.epochs:g} epochs"
         + (f" capped at {args.max_steps} steps" if args.max_steps > 0 else "")
         + " at the tiny preset's recipe; each row adds its preset (`AffectVerseConfig.from_preset`). Seeds: "
         f"{', '.join(map(str, args.seed_list))} (the seed sets the random backbone, the EWM init and the data order).",

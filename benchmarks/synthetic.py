@@ -22,7 +22,8 @@ def build_sample(config, video_t=0, audio_frames=0, text=5, answer=3, seed=0, ge
     first, second = config.belief_split(n_mod)
     ids = [TINY_IDS["<|im_start|>"]] + words(3) + [TINY_IDS["<|im_end|>"], TINY_IDS["<|im_start|>"]] + words(1)
     if video_t:
-        ids += [config.vision_start_token_id] + [config.video_token_id] * (video_t * (grid // 2) ** 2) + [config.vision_end_token_id]
+        ids += [config.vision_start_token_id] + [config.video_token_id] * (video_t * (grid // 2) ** 2)
+        ids += [config.vision_end_token_id]
     if audio_frames:
         ids += [config.audio_start_token_id] + [config.audio_token_id] * audio_tokens(audio_frames)
         ids += [config.audio_end_token_id]

@@ -1,10 +1,12 @@
-"""Test helpers: tiny models re-exported from ``benchmarks.synthetic`` (shared with the benchmark scripts), and
-where the reference files of ``../shared`` are."""
+"""Test helpers: tiny models re-exported from ``benchmarks.synthetic`` (shared with the benchmark scripts), the
+training tests' common set-up (tests/test_train.py, tests/test_grpo.py), and where the reference files of ``../shared``
+are."""
 
 import os
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from affectverse.default.tiny import tiny_config, tiny_processor
 from affectverse.default.wheel import write_mini_wheel  # the tests' hand-made wheel (re-exported)
@@ -39,6 +41,37 @@ def save_tiny_model(folder: Path):
     model.save_pretrained(folder)
     tiny_processor().save_pretrained(folder)
     return model
+
+
+def tiny_model(seed: int = 0, **overrides) -> AffectVerseForConditionalGeneration:
+    """The tiny preset (``tiny_config(**overrides)``) with random weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    return AffectVerseForConditionalGeneration(tiny_config(**overrides))
+
+
+SHORT_CPU_RUN = dict(max_steps=2, logging_steps=1, save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
+
+
+def cpu_run_args(cls, out, **kwargs):
+    """``cls`` (TrainingArguments or a subclass) of a short, seeded, quiet CPU run into ``out`` (``SHORT_CPU_RUN``:
+    two steps, each logged, no checkpoints); ``kwargs`` add to it or override it."""
+    return cls(**{"output_dir": str(out), **SHORT_CPU_RUN, **kwargs})
+
+
+class StopAt(TrainerCallback):
+    """Stops training at the end of step ``step`` (an interrupted run, to be resumed)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def trainable(model) -> dict:
+    """A copy of ``model``'s trainable parameters by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def write_rules_wheel(folder: Path) -> Path:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import pad, use_adapter
 
@@ -29,9 +28,8 @@ from affectverse.training import arguments, rewards, run, run_folder
 from affectverse.training.arguments import AffectVerseGRPOConfig, ModelArguments
 from affectverse.training.grpo import AffectVerseGRPOTrainer, prompt_dataset, reward_curve
 from affectverse.training.model import lora_config
-from modeling_affectverse import AffectVerseForConditionalGeneration
 from processing_affectverse import AffectVerseCollator
-from tests.helpers import save_tiny_model, write_mini_wheel
+from tests.helpers import StopAt, cpu_run_args, save_tiny_model, tiny_model, trainable, write_mini_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("angry", "happy", "neutral", "sad")
@@ -50,18 +48,11 @@ def wheel(tmp_path_factory):
     return EmotionWheel(write_mini_wheel(tmp_path_factory.mktemp("wheel") / "emotion_wheel"))
 
 
-def tiny_model(seed: int = 0):
-    torch.manual_seed(seed)
-    return AffectVerseForConditionalGeneration(tiny_config())
-
-
 def grpo_config(out, **kwargs):
-    defaults = dict(output_dir=str(out), per_device_train_batch_size=4, num_generations=2, max_completion_length=6,
-                    max_steps=2, logging_steps=1, save_strategy="no", use_cpu=True, learning_rate=5e-2, seed=0,
-                    disable_tqdm=True, beta=0.04, length_budget=4, temperature=0.7,
+    defaults = dict(per_device_train_batch_size=4, num_generations=2, max_completion_length=6, learning_rate=5e-2,
+                    beta=0.04, length_budget=4, temperature=0.7,
                     rewards="accuracy=1,answer_format=0.5,length_penalty=0.5")
-    defaults.update(kwargs)
-    return AffectVerseGRPOConfig(**defaults)
+    return cpu_run_args(AffectVerseGRPOConfig, out, **{**defaults, **kwargs})
 
 
 def first_token_parity(completion_ids, **kwargs):
@@ -148,22 +139,9 @@ def test_the_optimised_log_probs_are_the_served_models_beliefs_included(clips, t
 
 
 # ------------------------------------------------------------------------------------------------- training
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
 LOGGED = ("reward", "reward_std", "kl", "completions/mean_length", "completions/clipped_ratio",
           "clip_ratio/region_mean", "rewards/accuracy/mean", "rewards/accuracy/std", "rewards/answer_format/mean",
           "rewards/answer_format/std", "rewards/length_penalty/mean", "rewards/length_penalty/std")
-
-
-def _trainable(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("freeze_ewm", [False, True])
@@ -174,12 +152,12 @@ def test_steps_log_each_reward_kl_and_lengths_train_lora_and_the_ewm_against_the
     trainer = make_trainer(tmp_path, clips, model=model, freeze_ewm=freeze_ewm, max_steps=2)
     peft_model = trainer.model
     assert list(peft_model.peft_config) == ["default"] and trainer.ref_model is None  # no reference copy
-    before = _trainable(peft_model)
+    before = trainable(peft_model)
     assert any(".ewm." in n for n in before) != freeze_ewm and any("lora_B" in n for n in before)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "reward" in h]
     assert len(logs) == 2 and all(key in h for h in logs for key in LOGGED), logs[0].keys()
-    after = _trainable(peft_model)
+    after = trainable(peft_model)
     assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
     if not freeze_ewm:
         assert any(not torch.equal(before[n], after[n]) for n in before if ".ewm." in n)

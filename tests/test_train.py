@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import TrainerCallback
 
 from affectverse.training import arguments, preflight, run_folder
 from affectverse.training import data as training_data
@@ -29,7 +28,7 @@ from affectverse.training import model as training_model
 from affectverse.training import run as training_run
 from affectverse.training import trainer as training_trainer
 from modeling_affectverse import AffectVerseForConditionalGeneration
-from tests.helpers import build_batch, tiny
+from tests.helpers import StopAt, build_batch, cpu_run_args, save_tiny_model, tiny_model, trainable
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = [(2, 60), (1, 40), (2, 0), (0, 50), (2, 80), (1, 30), (2, 50), (0, 60)]  # (video grids, audio frames)
@@ -53,17 +52,14 @@ def collator(config):
 
 
 def tiny_peft(seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    config = tiny(**overrides)
-    return config, training_model.add_lora(AffectVerseForConditionalGeneration(config), arguments.ModelArguments())
+    model = tiny_model(seed, **overrides)
+    return model.config, training_model.add_lora(model, arguments.ModelArguments())
 
 
 def training_args(out, **kwargs):
-    defaults = dict(output_dir=str(out), per_device_train_batch_size=2, gradient_accumulation_steps=1, max_steps=2,
-                    logging_steps=1, save_strategy="no", use_cpu=True, dataloader_num_workers=0, learning_rate=1e-3,
-                    disable_tqdm=True, seed=0, warmup_steps=0, include_num_input_tokens_seen=False)
-    defaults.update(kwargs)
-    return arguments.AffectVerseTrainingArguments(**defaults)
+    defaults = dict(per_device_train_batch_size=2, gradient_accumulation_steps=1, dataloader_num_workers=0,
+                    learning_rate=1e-3, warmup_steps=0, include_num_input_tokens_seen=False)
+    return cpu_run_args(arguments.AffectVerseTrainingArguments, out, **{**defaults, **kwargs})
 
 
 class RecordingTrainer(training_trainer.AffectVerseTrainer):
@@ -131,8 +127,7 @@ LLM_ATTENTION = {f"model.language_model.layers.{i}.self_attn.{p}_proj" for i in 
     (["q_proj", "k_proj", "v_proj", "o_proj"], True),  # why train.py uses a regex
 ])
 def test_lora_wraps_only_the_language_model_attention(targets, wraps_audio):
-    torch.manual_seed(0)
-    model = AffectVerseForConditionalGeneration(tiny())
+    model = tiny_model()
     args = arguments.ModelArguments()
     args.lora_target_modules = targets
     peft_model = training_model.add_lora(model, args)
@@ -153,15 +148,6 @@ def test_lora_wraps_only_the_language_model_attention(targets, wraps_audio):
 
 
 # ----------------------------------------------------------------------------------------------- resuming
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
 def _run(out, stop_at=None, resume=None, **kwargs):
     config, model = tiny_peft(seed=0)
     args = training_args(out, **{"gradient_accumulation_steps": 2, "max_steps": 5, "save_strategy": "steps",
@@ -190,10 +176,6 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
     assert torch.allclose(torch.tensor(resumed), torch.tensor(full), atol=1e-5), (resumed, full)
 
 
-def _trained(trainer):
-    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-
-
 def test_resume_skips_checkpoints_left_incomplete_and_reports_the_whole_runs_train_loss(tmp_path, caplog):
     # Logging every 2 steps, saving every 3: the checkpoint step 3 is logged too (LogAtCheckpoints), so the resumed
     # run knows steps 1-3 and its train_loss is the whole run's, not only that of steps 4-5.
@@ -214,7 +196,7 @@ def test_resume_skips_checkpoints_left_incomplete_and_reports_the_whole_runs_tra
     assert "checkpoint-4 is incomplete (no optimizer" in caplog.text and "truncated" in caplog.text
     resumed, trainer = _run(split, resume=resume, logging_steps=2)
     assert torch.allclose(torch.tensor(resumed), torch.tensor(full), atol=1e-5), (resumed, full)
-    expected, got = _trained(full_trainer), _trained(trainer)
+    expected, got = trainable(full_trainer.model), trainable(trainer.model)
     assert all(torch.allclose(expected[n], got[n], atol=1e-5) for n in expected)  # identical final weights
     assert (killed / "adapter_model.safetensors").stat().st_size == len(weights) // 2  # left alone
     whole = training_trainer.whole_run_train_loss(trainer.state.log_history, trainer.train_output.training_loss, 3, 5)
@@ -497,7 +479,8 @@ def transformers_version():
 
 
 def test_an_unwritable_output_folder_is_refused_before_the_data_loads(tmp_path, monkeypatch):
-    monkeypatch.setattr(training_run, "load_data", lambda *a: pytest.fail("the data was loaded before the output check"))
+    monkeypatch.setattr(training_data, "load_data",
+                        lambda *a: pytest.fail("the data was loaded before the output check"))
     (tmp_path / "file").write_text("a file where a folder should be")
     with pytest.raises(ValueError, match=r"--output_dir .*file/run: cannot write there"):
         training_run.main(["--output_dir", str(tmp_path / "file" / "run"), "--use_cpu", "true"])
@@ -510,12 +493,8 @@ def test_an_unwritable_output_folder_is_refused_before_the_data_loads(tmp_path, 
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory):
     """An AffectVerse folder as train.py exports it (config with auto_map, code files, processor, tokenizer)."""
-    from affectverse.default.tiny import tiny_config, tiny_processor
-
     folder = tmp_path_factory.mktemp("saved")
-    torch.manual_seed(0)
-    AffectVerseForConditionalGeneration(tiny_config()).save_pretrained(folder)
-    tiny_processor().save_pretrained(folder)
+    save_tiny_model(folder)
     return folder
 
 
@@ -563,7 +542,6 @@ def test_an_affectverse_folder_loads_with_the_projects_classes_without_a_prompt(
 
 def test_the_model_card_of_a_real_run_names_its_base_and_data(saved_tiny, tmp_path):
     from affectverse import hub
-    from affectverse.default.tiny import tiny_config
 
     base = tmp_path / "Qwen2.5-Omni-7B"
     base.mkdir()
@@ -577,9 +555,7 @@ def test_the_model_card_of_a_real_run_names_its_base_and_data(saved_tiny, tmp_pa
                "generation": {"accuracy": 0.625, "n": 64, "label_set": ["a", "b", "c", "d"], "examples": []}}
     facts = training_export.card_facts(results, arguments.ModelArguments(model_name_or_path=str(base)), data_args, state, 900,
                              [0] * 64, 3)
-    torch.manual_seed(0)
-    card = str(hub.model_card(AffectVerseForConditionalGeneration(tiny_config()), base_model="Qwen/Qwen2.5-Omni-7B",
-                              datasets=["mer2023", "meld"], run=facts))
+    card = str(hub.model_card(tiny_model(), base_model="Qwen/Qwen2.5-Omni-7B", datasets=["mer2023", "meld"], run=facts))
     assert "base_model: Qwen/Qwen2.5-Omni-7B" in card and "tiny random" not in card
     assert f"Base model: {base}" in card and "MER-UniBench packaged benchmarks mer2023,meld from /data/mer" in card
     assert "900 training samples; 3 bad samples left out" in card and "120 optimizer steps (3.0 epochs)" in card

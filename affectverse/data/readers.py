@@ -95,7 +95,8 @@ BENCHMARKS = {
                              classes=("happy", "sad", "neutral", "anger"), video_exts=(".avi", ".mp4"),
                              holdout_session="5"),
     "mosi": BenchmarkSpec("cmumosi-process", "sentiment", "label.npz", TRAIN_VAL_TEST, "subvideo", "subaudio", 686),
-    "mosei": BenchmarkSpec("cmumosei-process", "sentiment", "label.npz", TRAIN_VAL_TEST, "subvideo_new", "subaudio", 4659),
+    "mosei": BenchmarkSpec("cmumosei-process", "sentiment", "label.npz", TRAIN_VAL_TEST, "subvideo_new", "subaudio",
+                           4659),
     "sims": BenchmarkSpec("sims-process", "sentiment", "label.npz", TRAIN_VAL_TEST, "video", "audio", 457),
     "simsv2": BenchmarkSpec("simsv2-process", "sentiment", "label.npz", TRAIN_VAL_TEST, "video_new", "audio", 1034),
     # OV-MERD+ labels come from a CSV, not an npz: its one split has no npz key.
@@ -303,7 +304,8 @@ def load_benchmark(name: str, root, split: str = "test", check_media: bool = Fal
         for n, label in labels.items()
     ]
     if missing := sum(n not in subtitles for n in labels):
-        logger.warning("%s: %d of %d %s samples have no subtitle row; using ''", folder / spec.subtitle_file, missing, len(rows), split)
+        logger.warning("%s: %d of %d %s samples have no subtitle row; using ''", folder / spec.subtitle_file, missing,
+                       len(rows), split)
     if split == "test" and len(rows) != spec.test_size:
         logger.warning("%s test split has %d samples; MER-UniBench has %d", bench, len(rows), spec.test_size)
     if check_media:
@@ -374,7 +376,8 @@ def load_mmsa(root, split: str, name: str, check_media: bool = False) -> dataset
         except ValueError:
             raise ValueError(f"{path}, line {line}, field 'label': not a finite number: {r.label!r}") from None
         rows.append({"name": f"{r.video_id}_{r.clip_id}", "benchmark": bench, "task": "sentiment",
-                     "split": "val" if mode == "valid" else mode, "video": str(root / "Raw" / r.video_id / f"{r.clip_id}.mp4"),
+                     "split": "val" if mode == "valid" else mode,
+                     "video": str(root / "Raw" / r.video_id / f"{r.clip_id}.mp4"),
                      "audio": "", "subtitle": r.text, "label": encode_label(value)})
     if check_media:
         _check_media(rows, path)
@@ -454,7 +457,8 @@ def _manifest_row(record: dict, base: Path) -> dict:
     except ValueError as err:
         raise ValueError(f"field 'label': {err}") from None
     return {"name": text("name") or Path(video).stem, "benchmark": text("benchmark") or "manifest", "task": task,
-            "split": split, "video": str(_absolute(base / video)), "audio": str(_absolute(base / audio)) if audio else "",
+            "split": split, "video": str(_absolute(base / video)),
+            "audio": str(_absolute(base / audio)) if audio else "",
             "subtitle": text("subtitle"), "label": encode_label(label)}
 
 
@@ -488,7 +492,8 @@ def load_manifest(path, split: str | None = None, check_media: bool = False) -> 
         for column, value in record.items():
             if column not in FEATURES:
                 extras[column] = None
-                row[column] = value if isinstance(value, str) else "" if value is None else json.dumps(value, ensure_ascii=False)
+                row[column] = (value if isinstance(value, str) else "" if value is None
+                               else json.dumps(value, ensure_ascii=False))
         if split is None or row["split"] == split:
             rows.append(row)
     for row in rows:

@@ -12,9 +12,8 @@ Generative rule (for clip ``i`` of ``n``, with ``seed``):
    ``round(n * val_fraction)`` to ``val`` and the rest to ``train``. Each clip independently opens with a
    *misleading cue* with probability ``misleading_fraction`` (default 0.3): its start state is the end
    state of another label drawn uniformly (a ``neutral`` cue looks like the baseline); otherwise it
-   starts in the shared ``baseline`` state. The
-   subtitle is drawn uniformly from ``SUBTITLES`` (16 neutral sentences), independently of the label,
-   so text alone carries no label information.
+   starts in the shared ``baseline`` state. The subtitle is drawn uniformly from ``SUBTITLES`` (16 neutral
+   sentences), independently of the label, so text alone carries no label information.
 2. **States.** Each label has an end state: an RGB colour and a tone (frequency in Hz, amplitude).
    ``LABEL_STATES`` fixes them for the MER words (happy: warm yellow, 523 Hz, loud; sad: dark blue,
    196 Hz, quiet; angry: red, 370 Hz, loud; neutral: grey, 262 Hz, medium; ...); any other word gets a
@@ -377,7 +376,8 @@ def main(argv=None):
     parser.add_argument("--seconds", type=positive_number, default=3.0)
     parser.add_argument("--fps", type=positive_int, default=6)
     parser.add_argument("--labels", default="happy,sad,angry,neutral", help="comma-separated label words")
-    parser.add_argument("--misleading", type=float, default=0.3, help="fraction of clips opening with another label's cue")
+    parser.add_argument("--misleading", type=float, default=0.3,
+                        help="fraction of clips opening with another label's cue")
     parser.add_argument("--temporal", action="store_true",
                         help="temporal-affect clips instead: the label is the trend and the end (--labels ignored)")
     args = parser.parse_args(argv)

@@ -31,8 +31,7 @@ keep ratio asked for, then scores and reports:
   ``--trust-remote-code``.
 - **Scoring** (``OUT/scores.json``): per benchmark x setting x kappa, the MER-UniBench main score (HIT, non-zero
   WAF or the OV-MERD+ set F-score, see ``affectverse/scoring/score.py``) and the closed-set alternative (weighted F1
-  over
-  the dataset's label set, or Acc-2 for sentiment), x100. A clip that failed to load counts as an empty answer.
+  over the dataset's label set, or Acc-2 for sentiment), x100. A clip that failed to load counts as an empty answer.
   A manifest's own benchmarks (e.g. the synthetic clips) use the set of their ground-truth words as label set.
 - **Label scores and calibration**: for the closed-set (HIT) benchmarks the engine also scores each label of the
   set as the answer (``label_scores``, ``label`` in each record; ``--no-label-scores`` skips it), and
@@ -456,8 +455,8 @@ def main(argv=None) -> int:
         "model": str(Path(args.model).resolve()), "device": str(device), "dtype": record["dtype"],
         "benchmarks": {b: len(r) for b, r in groups.items()}, "modalities": [m.key for m in args.modality_list],
         "keep_ratios": args.keep_ratio_list, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-        "extractor": args.extractor, "emotion_wheel": args.emotion_wheel, "split": args.split, "manifest": args.manifest,
-        "processes": procs.world}, indent=2))
+        "extractor": args.extractor, "emotion_wheel": args.emotion_wheel, "split": args.split,
+        "manifest": args.manifest, "processes": procs.world}, indent=2))
     if not finished:
         return 0
     scores = score_run(groups, args.modality_list, args.keep_ratio_list, store, wheel, args.bootstrap)

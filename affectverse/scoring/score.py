@@ -130,7 +130,8 @@ class Predictions:
 
 def _jsonl_rows(path: Path, benchmark: str | None) -> list[tuple[int, dict]]:
     """(line number, object) of the prediction lines; a prediction store's header and setting lines are skipped,
-    and so are lines of another ``benchmark`` (a ``affectverse.evaluation.runner`` file holds every benchmark of the run)."""
+    and so are lines of another ``benchmark`` (a ``affectverse.evaluation.runner`` file holds every benchmark of the
+    run)."""
     rows = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -337,7 +338,8 @@ def score(benchmark: str, labels: str | Path, predictions: Sequence[str | Path],
     wheel = None
     if bench.kind != "sentiment":
         if emotion_wheel is None:
-            raise ValueError(f"{benchmark} needs --emotion-wheel (the folder of format.csv, synonym.xlsx, wheel1..5.xlsx)")
+            raise ValueError(f"{benchmark} needs --emotion-wheel (the folder of format.csv, synonym.xlsx, "
+                             "wheel1..5.xlsx)")
         wheel = load_wheel(emotion_wheel)
     gt = read_labels(benchmark, labels)
     files = expand_predictions(predictions, bench.kind)

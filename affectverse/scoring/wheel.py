@@ -10,7 +10,8 @@ The rules are those of AffectGPT's official scorer (see ``shared/merunibench/REA
 
 ``level=2`` (or 3) keeps the same rules but stops at a finer ring of the wheel: a word maps to its ancestor at that
 level, or to itself when it sits above it (a level-1 root stays itself). MER-UniBench scores level 1 only; the finer
-levels serve the GRPO reward (``affectverse.training.rewards``), which may ask for a finer match (docs/design_training.md).
+levels serve the GRPO reward (``affectverse.training.rewards``), which may ask for a finer match
+(docs/design_training.md).
 
 Example:
     >>> wheel = EmotionWheel("shared/merunibench/emotion_wheel")  # doctest: +SKIP

@@ -55,8 +55,8 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(default=None, metadata={"help": (
         "Qwen2.5-Omni checkpoint folder (full omni or thinker-only; config model_type qwen2_5_omni, "
-        "qwen2_5_omni_thinker or affectverse). Unset: the tiny random preset of affectverse/default/tiny.py, built from "
-        "--seed (the embedded default).")})
+        "qwen2_5_omni_thinker or affectverse). Unset: the tiny random preset of affectverse/default/tiny.py, built "
+        "from --seed (the embedded default).")})
     preset: str | None = field(default=None, metadata={"help": (
         "An ablation row of the paper as config values, applied before --ewm_overrides (README, 'Ablation presets'): "
         + ", ".join(list_presets()) + ".")})

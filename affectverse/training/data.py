@@ -1,4 +1,5 @@
-"""A training run's data: sources merged per split, closed label sets checked, the pre-flight screen."""
+"""A training run's data: sources merged per split, closed label sets checked, the pre-flight screen; the start of a
+run that reaches them (inputs checked, data loaded and screened: :func:`prepare_run_data`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from affectverse.default.clips import generate_clips
 from affectverse.scoring.score import BENCHMARKS as SCORED
 from affectverse.scoring.scores import map_to_label_set
 from affectverse.training import preflight
-from affectverse.training.run_folder import claim
+from affectverse.training.arguments import RUN_TRAINING_KEYS, config_overrides, run_record
+from affectverse.training.model import check_checkpoint, load_config, load_processor
+from affectverse.training.run_folder import check_output_dir, check_writable, claim
 
 logger = logging.getLogger("train")
 
@@ -93,7 +96,8 @@ def load_data(data_args):
 
 
 def screen_data(train, evaluation, processor, data_args, out: Path, main_process: bool = True):
-    """The pre-flight check (``affectverse.training.preflight``): (train, eval) without bad samples, or ValueError listing them.
+    """The pre-flight check (``affectverse.training.preflight``): (train, eval) without bad samples, or ValueError
+    listing them.
 
     Every sample's media are probed and its text measured against ``max_length`` (cache: ``out/preflight_cache.json``).
     By default any bad sample stops the run; with ``--skip_bad_samples`` bad samples leave both splits (so no batch,
@@ -123,3 +127,27 @@ def screen_data(train, evaluation, processor, data_args, out: Path, main_process
         if ds is not None and len(ds) == 0:
             raise ValueError(f"pre-flight check: every {role} sample is bad (see {out / 'bad_samples.jsonl'})")
     return train, evaluation
+
+
+def prepare_run_data(model_args, data_args, training_args, keys=RUN_TRAINING_KEYS, before_data=None):
+    """A run's inputs, checked before any model loads: (record, resume, train, eval, label_sets, processor, n_bad)."""
+    # Output folder (writable; new, empty or this command's own: affectverse.ownership), checkpoint files, the run
+    # record (``keys``: its training arguments), then ``before_data()`` (a method's own step, e.g. GRPO's wheel), data,
+    # processor, and every sample's media and text (the pre-flight check: its verdicts claim the folder).
+    out, is_main = Path(training_args.output_dir), training_args.process_index == 0
+    check_writable(out)
+    if model_args.model_name_or_path is not None:
+        check_checkpoint(model_args.model_name_or_path)
+    config_overrides(model_args)
+    record = run_record(model_args, data_args, training_args, keys)
+    resume = check_output_dir(training_args, record)
+    if before_data is not None:
+        before_data()
+    with training_args.main_process_first(desc="data"):
+        train, evaluation, label_sets = load_data(data_args)
+    processor = load_processor(model_args, data_args, load_config(model_args))
+    n_before = len(train) + (len(evaluation) if evaluation is not None else 0)
+    with training_args.main_process_first(desc="pre-flight check"):
+        train, evaluation = screen_data(train, evaluation, processor, data_args, out, is_main)
+    n_bad = n_before - len(train) - (len(evaluation) if evaluation is not None else 0)
+    return record, resume, train, evaluation, label_sets, processor, n_bad

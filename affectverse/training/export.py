@@ -83,8 +83,8 @@ def card_facts(results: dict, model_args, data_args, state, n_train: int, eval_d
                                               if generated and i == 0 else ""))
     return {
         "tiny": tiny, "generated": generated and len(data) == 1,
-        "base": ("a random tiny AffectVerse built from the seed (affectverse/default/tiny.py), not Qwen2.5-Omni-7B" if tiny
-                 else f"{model_args.model_name_or_path}"),
+        "base": ("a random tiny AffectVerse built from the seed (affectverse/default/tiny.py), not Qwen2.5-Omni-7B"
+                 if tiny else f"{model_args.model_name_or_path}"),
         "data": "; ".join(data), "train_samples": n_train, "bad_samples": n_bad,
         "steps": state.global_step, "epochs": round(state.epoch or 0, 3),
         "train_loss": (results.get("train") or {}).get("train_loss"),

@@ -46,18 +46,13 @@ from affectverse.training.arguments import (
     AffectVerseGRPOConfig,
     DataArguments,
     ModelArguments,
-    config_overrides,
-    run_record,
 )
-from affectverse.training.data import load_data, screen_data
+from affectverse.training.data import prepare_run_data
 from affectverse.training.export import card_facts, export
 from affectverse.training.generation import greedy_answers
-from affectverse.training.model import check_checkpoint, keep_trainable_fp32, load_config, load_model, load_processor, \
-    lora_config
+from affectverse.training.model import keep_trainable_fp32, load_model, lora_config
 from affectverse.training.rewards import build_rewards
 from affectverse.training.run_folder import (
-    check_output_dir,
-    check_writable,
     explain_disk_full,
     write_results,
     write_run_args,
@@ -281,31 +276,27 @@ def parse_args(argv=None):
     return model_args, data_args, args
 
 
+def emotion_wheel(args):
+    """The rewards' emotion wheel (None without ``--emotion_wheel``); ``--generate_wheel`` writes the mini one first."""
+    if args.emotion_wheel and args.generate_wheel and not Path(args.emotion_wheel).exists() and args.process_index == 0:
+        write_mini_wheel(args.emotion_wheel)
+    args.distributed_state.wait_for_everyone()
+    return load_wheel(args.emotion_wheel) if args.emotion_wheel else None
+
+
 def main(argv=None):
     model_args, data_args, args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     t0, out, is_main = time.time(), Path(args.output_dir), args.process_index == 0
 
-    # 1. Inputs, checked before anything heavy loads (as sft: train.py's run.main).
-    check_writable(out)
-    check_checkpoint(model_args.model_name_or_path)
-    config_overrides(model_args)
-    record = run_record(model_args, data_args, args, GRPO_RUN_KEYS)
-    resume = check_output_dir(args, record)
-    if args.emotion_wheel and args.generate_wheel and not Path(args.emotion_wheel).exists() and is_main:
-        write_mini_wheel(args.emotion_wheel)
-    args.distributed_state.wait_for_everyone()
-    wheel = load_wheel(args.emotion_wheel) if args.emotion_wheel else None
-    with args.main_process_first(desc="data"):
-        train_ds, eval_ds, label_sets = load_data(data_args)
-    processor = load_processor(model_args, data_args, load_config(model_args))
-    n_before = len(train_ds) + (len(eval_ds) if eval_ds is not None else 0)
-    with args.main_process_first(desc="pre-flight check"):
-        train_ds, eval_ds = screen_data(train_ds, eval_ds, processor, data_args, out, is_main)
-    n_bad = n_before - len(train_ds) - (len(eval_ds) if eval_ds is not None else 0)
+    # 1. Inputs, checked before anything heavy loads (as sft: affectverse.training.data.prepare_run_data); the emotion
+    #    wheel, GRPO's own, is written and read once the output folder passed its check, before the data loads.
+    wheel = []
+    record, resume, train_ds, eval_ds, label_sets, processor, n_bad = prepare_run_data(
+        model_args, data_args, args, GRPO_RUN_KEYS, before_data=lambda: wheel.append(emotion_wheel(args)))
     eos_ids = {processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), processor.tokenizer.eos_token_id} - {None}
-    funcs, weights = build_rewards(args.rewards, label_sets, eos_ids, wheel, args.wheel_level, args.length_budget)
+    funcs, weights = build_rewards(args.rewards, label_sets, eos_ids, wheel[0], args.wheel_level, args.length_budget)
     args.reward_weights = weights
     logger.info("data: %d train / %s eval samples; rewards %s", len(train_ds),
                 len(eval_ds) if eval_ds is not None else 0, args.rewards)

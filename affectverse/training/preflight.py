@@ -95,7 +95,8 @@ def probe(path: str, video: bool, audio: bool) -> str | None:
                 container.seek(0, stream=stream)
                 if next(container.decode(stream), None) is None:
                     return f"no {stream.type} frame decodes at the start"
-            ends = {stream.type: (stream_seconds(stream, container), _stream_end(container, stream)) for stream in streams}
+            ends = {stream.type: (stream_seconds(stream, container), _stream_end(container, stream))
+                    for stream in streams}
     except (av.FFmpegError, ValueError, OSError, StopIteration) as err:
         return f"unreadable, truncated or corrupt ({decoder_reason(err)})"
     declared_wav = wav_duration(path) if audio and path.lower().endswith(".wav") else None

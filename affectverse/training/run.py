@@ -1,10 +1,9 @@
 """Fine-tune AffectVerse (arXiv 2605.19950, Appendix A.3): LoRA on the thinker's language model + the full EWM.
 
 ``python train.py`` with no arguments runs the embedded default (``TINY_TRAINING_ARGS``, ``TINY_DATA_ARGS`` in
-:mod:`affectverse.training.arguments`):
-a tiny random AffectVerse (``affectverse/default/tiny.py``) on synthetic clips (``affectverse/default/clips.py``,
-generated into
-``data/tiny_clips`` if absent), under a minute on an idle 2-core CPU. A real run names a checkpoint and data:
+:mod:`affectverse.training.arguments`): a tiny random AffectVerse (``affectverse/default/tiny.py``) on synthetic clips
+(``affectverse/default/clips.py``, generated into ``data/tiny_clips`` if absent), under a minute on an idle 2-core
+CPU. A real run names a checkpoint and data:
 
     accelerate launch --config_file configs/accelerate_deepspeed_zero2.yaml train.py \\
         --model_name_or_path /models/Qwen2.5-Omni-7B --benchmarks mer2023,mer2024,meld,iemocap,mosi,mosei,sims,simsv2 \\
@@ -16,9 +15,8 @@ warm-up, weight decay 0.01, 4 per device x 8 accumulation steps, 3 epochs, bf16 
 1024. ``python train.py --help`` lists every option. The script reads top to bottom: arguments, checks of the
 inputs (all before any training), data, model, the Trainer, training, evaluation, export.
 
-Before any model loads, a pre-flight check (``affectverse/training/preflight.py``) probes every sample's video/audio and
-measures
-its text against ``--max_length``; bad samples stop the run, listed with file and reason, or with
+Before any model loads, a pre-flight check (``affectverse/training/preflight.py``) probes every sample's video/audio
+and measures its text against ``--max_length``; bad samples stop the run, listed with file and reason, or with
 ``--skip_bad_samples`` leave every split and are recorded in ``bad_samples.jsonl``.
 
 Output folder: ``run_args.json`` (what makes this run this run; a second launch with the same arguments resumes
@@ -53,20 +51,12 @@ from affectverse.training.arguments import (
     AffectVerseTrainingArguments,
     DataArguments,
     ModelArguments,
-    config_overrides,
-    run_record,
 )
-from affectverse.training.data import load_data, screen_data
+from affectverse.training.data import prepare_run_data
 from affectverse.training.export import card_base_model, card_facts, export
 from affectverse.training.generation import generation_accuracy
-from affectverse.training.model import add_lora, check_checkpoint, load_config, load_model, load_processor
-from affectverse.training.run_folder import (
-    check_output_dir,
-    check_writable,
-    checkpoints,
-    write_results,
-    write_run_args,
-)
+from affectverse.training.model import add_lora, load_model
+from affectverse.training.run_folder import checkpoints, write_results, write_run_args
 from affectverse.training.trainer import AffectVerseTrainer, whole_run_train_loss
 from processing_affectverse import AffectVerseCollator
 
@@ -123,22 +113,10 @@ def main(argv=None):
     t0 = time.time()
     out, is_main = Path(training_args.output_dir), training_args.process_index == 0
 
-    # 1. Inputs, all checked before anything heavy is loaded: output folder (writable; new, empty or this command's
-    #    own: affectverse.ownership), checkpoint files, data, processor, then every sample's media and text (the
-    #    pre-flight check, whose verdicts are the first thing written: the folder is claimed for them).
-    check_writable(out)
-    if model_args.model_name_or_path is not None:
-        check_checkpoint(model_args.model_name_or_path)
-    config_overrides(model_args)
-    record = run_record(model_args, data_args, training_args)
-    resume = check_output_dir(training_args, record)
-    with training_args.main_process_first(desc="data"):
-        train_ds, eval_ds, label_sets = load_data(data_args)
-    processor = load_processor(model_args, data_args, load_config(model_args))
-    n_before = len(train_ds) + (len(eval_ds) if eval_ds is not None else 0)
-    with training_args.main_process_first(desc="pre-flight check"):
-        train_ds, eval_ds = screen_data(train_ds, eval_ds, processor, data_args, out, is_main)
-    n_bad = n_before - len(train_ds) - (len(eval_ds) if eval_ds is not None else 0)
+    # 1. Inputs, all checked before anything heavy is loaded (affectverse.training.data.prepare_run_data): output
+    #    folder, checkpoint files, data, processor, then every sample's media and text (the pre-flight check).
+    record, resume, train_ds, eval_ds, label_sets, processor, n_bad = prepare_run_data(model_args, data_args,
+                                                                                       training_args)
     logger.info("data: %d train / %s eval samples; closed label sets %s", len(train_ds),
                 len(eval_ds) if eval_ds is not None else 0, label_sets)
 
