@@ -237,9 +237,9 @@ class LiveStream:
         return {(True, True): "avt", (True, False): "vt", (False, True): "at"}.get((self.has_video, self.has_audio))
 
     def begin(self, model, processor, modality: str, labels: Sequence[str], max_new_tokens: int):
-        """A new session from now on (from the stream's start for the first one): a source that joins, or a new
-        label set, starts the reading again; media that arrived before are dropped."""
-        self.offset = 0.0 if self.session is None else self.clock()
+        """A new session from now on (from the stream's start for the first one): a source that joins, a new label
+        set, or a failed reading starts the reading again; media that arrived before are dropped."""
+        self.offset = 0.0 if self.key is None else self.clock()  # key: None until the first session
         self.session = LiveSession(model, processor, labels, modality, window_seconds=LIVE_WINDOW,
                                    max_new_tokens=max_new_tokens)
         self.key = (modality, tuple(labels))

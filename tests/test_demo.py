@@ -298,6 +298,11 @@ def test_live_readings_are_the_live_session_s_on_the_sampled_stream(loaded, monk
     fill(stream, clock, 2.0, frames=False, start=clock.now - 100.0)
     assert demo.live_readings(model, processor, stream, ["happy", "sad"], TOKENS) == []  # a new label set: a new
     assert stream.session is not first and stream.offset == pytest.approx(clock.now - 100.0)  # session from now on
+    stream.session = None  # what the Live tab does after a failed reading: the next session starts from now too
+    clock.now += 3.0
+    fill(stream, clock, 2.0, frames=False, start=clock.now - 100.0)
+    assert demo.live_readings(model, processor, stream, ["happy", "sad"], TOKENS) == []
+    assert stream.offset == pytest.approx(clock.now - 100.0)
 
 
 # ============================================================================================ gradio_client
