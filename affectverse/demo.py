@@ -287,10 +287,11 @@ def resize(frame: np.ndarray, size: int) -> np.ndarray:
 
 def live_readings(model, processor, stream: LiveStream, labels: Sequence[str],
                   max_new_tokens: int = MAX_NEW_TOKENS) -> list[dict]:
-    """The readings of the chunks completed since the last call, each ``{"seconds", "window_start", "answer",
-    "label_scores"}`` (stream times): what has arrived goes into the stream's live session, which encodes each new
-    2 s chunk on top of its KV cache (:meth:`LiveSession.push`; the readings equal ``predict`` on the stream cut
-    there, tests/test_live.py)."""
+    """The reading of the newest chunk completed since the last call, ``[{"seconds", "window_start", "answer",
+    "label_scores"}]`` (stream times; ``[]`` when no chunk was completed): what has arrived goes into the stream's
+    live session, which encodes each new 2 s chunk on top of its KV cache and reads the last (:meth:`LiveSession.push`
+    with ``read="last"``: a page that fell behind the stream catches up with one reading; a reading equals
+    ``predict`` on the stream cut there, tests/test_live.py)."""
     modality = stream.modality
     if modality is None:
         return []
@@ -300,7 +301,8 @@ def live_readings(model, processor, stream: LiveStream, labels: Sequence[str],
     frames = stream.take_frames() if session.has_video else None
     audio = stream.take_audio() if session.has_audio else None
     return [{"seconds": round(stream.offset + r.seconds, 2), "window_start": round(stream.offset + r.window_start, 2),
-             "answer": r.answer, "label_scores": r.label_scores} for r in session.push(frames=frames, audio=audio)]
+             "answer": r.answer, "label_scores": r.label_scores}
+            for r in session.push(frames=frames, audio=audio, read="last")]  # behind the stream: only the newest
 
 
 # ============================================================================================ page

@@ -112,6 +112,18 @@ def test_other_belief_constructions_read_live_as_predict(processor, construction
     assert (readings[-1].belief_shift is None) == (construction == "none")
 
 
+def test_a_push_read_last_reads_only_its_last_chunk_as_predict_there(model, processor):
+    """A reader that fell behind (the demo's page) catches up with one reading: the newest chunk's."""
+    frames, audio = media(6.0, seed=3)
+    session = LiveSession(model, processor, LABELS, max_new_tokens=8)
+    assert session.push(frames=frames[:3], audio=audio[:16000], read="last") == []  # half a chunk: nothing to read
+    [reading] = session.push(frames=frames[3:], audio=audio[16000:], read="last")
+    assert (reading.seconds, reading.chunk, reading.belief_shift) == (6.0, 2, None)  # the first reading of the session
+    assert_same_reading(reading, offline(model, processor, frames, audio))
+    with pytest.raises(ValueError, match="read='newest'"):
+        session.push(frames=frames[:6], audio=audio[:32000], read="newest")
+
+
 def test_a_window_reads_the_stretch_it_holds_as_predict_on_that_stretch(model, processor):
     frames, audio = media(10.0, seed=1)
     session = LiveSession(model, processor, LABELS, window_seconds=4.0, max_new_tokens=8)

@@ -253,9 +253,12 @@ class LiveSession:
                              f"the thinker's max_position_embeddings={limit}; use a window of at most {seconds:.0f} s")
 
     # -- input ---------------------------------------------------------------------------------------------------
-    def push(self, frames=None, audio=None, read: bool = True) -> list[Reading]:
+    def push(self, frames=None, audio=None, read: bool | str = True) -> list[Reading]:
         """Add sampled frames `(T, H, W, 3)` and/or audio samples `(N,)`; returns a reading per completed chunk
-        (``read=False``: the chunks extend the caches without a reading, e.g. to catch up)."""
+        (``read=False``: the chunks extend the caches without a reading; ``read="last"``: only the last chunk this
+        push completes is read, so a reader that fell behind catches up with one reading)."""
+        if read not in (True, False, "last"):
+            raise ValueError(f"read={read!r}; expected True, False or 'last'")
         if frames is not None and len(frames):
             if not self.has_video:
                 raise ValueError("this session reads audio only (modality='at'); frames were pushed")
@@ -270,7 +273,8 @@ class LiveSession:
         while self._pending_frames >= self.layout.frames and self._pending_samples >= self.layout.samples:
             frames_chunk = self._take("_frames", "_pending_frames", self.layout.frames) if self.has_video else None
             audio_chunk = self._take("_audio", "_pending_samples", self.layout.samples) if self.has_audio else None
-            reading = self.update(frames_chunk, audio_chunk, read=read)
+            more = self._pending_frames >= self.layout.frames and self._pending_samples >= self.layout.samples
+            reading = self.update(frames_chunk, audio_chunk, read=read is True or (read == "last" and not more))
             if reading is not None:
                 readings.append(reading)
         return readings
