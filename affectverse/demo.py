@@ -214,7 +214,7 @@ class LiveStream:
         self.offset = 0.0  # stream time of the session's start
         self.slot = 0  # the session's next video slot
         self.frame = None  # the newest frame taken (resized): it fills the slots until a newer one arrives
-        self.audio_start = None  # stream time of the first pushed sample (None: nothing pushed yet)
+        self.audio_started = False  # whether the session has been pushed any sound yet
         self.resampler, self.rate = None, None
 
     def clock(self) -> float:
@@ -243,7 +243,7 @@ class LiveStream:
         self.session = LiveSession(model, processor, labels, modality, window_seconds=LIVE_WINDOW,
                                    max_new_tokens=max_new_tokens)
         self.key = (modality, tuple(labels))
-        self.slot, self.frame, self.audio_start, self.resampler, self.rate = 0, None, None, None, None
+        self.slot, self.frame, self.audio_started, self.resampler, self.rate = 0, None, False, None, None
 
     def take_frames(self) -> np.ndarray | None:
         """`(F, S, S, 3)` frames for the session's slots up to the newest arrival, S its processor's frame size."""
@@ -271,10 +271,10 @@ class LiveStream:
             frame = av.AudioFrame.from_ndarray(samples[None], format="flt", layout="mono")
             frame.sample_rate = rate
             chunk = np.concatenate([f.to_ndarray().reshape(-1) for f in self.resampler.resample(frame)] or [[]])
-            if self.audio_start is None:
+            if not self.audio_started:
                 gap = round((begins - self.offset) * sr)
                 chunk = np.concatenate([np.zeros(gap, np.float32), chunk]) if gap > 0 else chunk[-gap:]
-                self.audio_start = self.offset
+                self.audio_started = True
             out.append(chunk.astype(np.float32))
         return np.concatenate(out) if out else None
 
@@ -374,15 +374,19 @@ def build_demo(model: str, labels: Sequence[str] | None = None, *, device: str =
             gr.Warning(f"{reading['name']} has no audio track: read from the video alone.")
         return clip_outputs(reading, time.perf_counter() - start)
 
-    def on_frame(frame, stream):
-        if frame is not None:
-            stream.add_frame(frame)
-        return gr.Timer(active=True) if frame is not None and len(stream.frames) == 1 else gr.skip()
+    def on_frame(frame, stream):  # a source's first media start the timer (the queues are emptied as it reads)
+        if frame is None:
+            return gr.skip()
+        first = not stream.has_video
+        stream.add_frame(frame)
+        return gr.Timer(active=True) if first else gr.skip()
 
     def on_audio(chunk, stream):
-        if chunk is not None and np.size(chunk[1]):
-            stream.add_audio(*chunk)
-        return gr.Timer(active=True) if chunk is not None and len(stream.audio) == 1 else gr.skip()
+        if chunk is None or not np.size(chunk[1]):
+            return gr.skip()
+        first = not stream.has_audio
+        stream.add_audio(*chunk)
+        return gr.Timer(active=True) if first else gr.skip()
 
     def on_tick(stream, labels_text):
         try:

@@ -270,14 +270,18 @@ class LiveSession:
             self._audio.append(np.asarray(audio, dtype=np.float32).reshape(-1))
             self._pending_samples += len(self._audio[-1])
         readings = []
-        while self._pending_frames >= self.layout.frames and self._pending_samples >= self.layout.samples:
+        while self._whole_chunk():
             frames_chunk = self._take("_frames", "_pending_frames", self.layout.frames) if self.has_video else None
             audio_chunk = self._take("_audio", "_pending_samples", self.layout.samples) if self.has_audio else None
-            more = self._pending_frames >= self.layout.frames and self._pending_samples >= self.layout.samples
-            reading = self.update(frames_chunk, audio_chunk, read=read is True or (read == "last" and not more))
+            last = not self._whole_chunk()
+            reading = self.update(frames_chunk, audio_chunk, read=read is True or (read == "last" and last))
             if reading is not None:
                 readings.append(reading)
         return readings
+
+    def _whole_chunk(self) -> bool:
+        """Whether the pending media hold a whole chunk."""
+        return self._pending_frames >= self.layout.frames and self._pending_samples >= self.layout.samples
 
     def _take(self, name, count_name, n):
         parts = getattr(self, name)
